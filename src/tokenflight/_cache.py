@@ -105,10 +105,11 @@ def _as_source(source: object) -> TokenSource:
         return source
     if callable(source):
         return CallableSource(source)
-    raise ConfigurationError(
+    msg = (
         f"source must have an async fetch() method or be an async function, "
         f"got {type(source).__name__}"
     )
+    raise ConfigurationError(msg)
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -124,7 +125,7 @@ def _copy_for_waiter(error: RefreshError) -> RefreshError:
     # each waiter gets a copy: same class, message, attributes and cause.
     try:
         clone = copy.copy(error)
-    except Exception:  # an exception class whose __init__ copy cannot call
+    except Exception:  # noqa: BLE001 - a class whose __init__ copy.copy cannot call
         return error
     clone.__cause__ = error.__cause__
     clone.__suppress_context__ = True
@@ -158,17 +159,19 @@ class TokenCache:
     retries included, is bounded by ``timeout``; its waiters then get
     :class:`~tokenflight.RefreshTimeoutError`.
 
-    **Failures.** Transient errors are retried with :class:`Backoff` within the time
-    budget. After a refresh fails, the next one waits for the backoff: callers meanwhile get
-    the current token while it is usable, or else the last error at once. A
-    :class:`~tokenflight.PermanentRefreshError` is kept until :meth:`reset`.
+    **Failures.** Transient errors are retried with backoff within the refresh's time
+    budget; permanent ones are not. After a refresh fails, no new one starts until its
+    cooldown has passed: callers meanwhile get the current token while it is usable, or
+    else the last error at once. A :class:`~tokenflight.PermanentRefreshError` is kept
+    until :meth:`reset`. :class:`RefreshPolicy` documents every timing parameter.
 
     :param source: token source for the key ``None``: a :class:`TokenSource` or an async
         function returning a :class:`Token`.
     :param sources: function from a key to the token source for that key; it is called
         once per key while the key is cached.
-    :param skew: seconds before expiry that a token counts as expired (see
-        :class:`RefreshPolicy` for every timing parameter).
+    :param skew: seconds before expiry that a token counts as expired. ``skew``,
+        ``refresh_ahead``, ``refresh_jitter``, ``timeout``, ``backoff``, ``cooldown`` and
+        ``default_lifetime`` are the fields of :class:`RefreshPolicy`, described there.
     :param max_keys: how many keys to keep at most.
     :param clock: time source; :class:`tokenflight.testing.FakeClock` in tests.
     :param random: function returning floats in [0, 1) for jitter; seeded in tests.
@@ -186,6 +189,7 @@ class TokenCache:
         refresh_jitter: float = 0.1,
         timeout: float = 30.0,
         backoff: Backoff | None = None,
+        cooldown: Backoff | None = None,
         default_lifetime: float | None = 3600.0,
         max_keys: int = 1024,
         clock: Clock | None = None,
@@ -193,15 +197,18 @@ class TokenCache:
         hooks: Iterable[EventHook] = (),
     ) -> None:
         if source is None and sources is None:
-            raise ConfigurationError("TokenCache needs a source, a sources factory, or both")
+            msg = "TokenCache needs a source, a sources factory, or both"
+            raise ConfigurationError(msg)
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
-            raise ConfigurationError(f"max_keys must be an int >= 1, got {max_keys!r}")
+            msg = f"max_keys must be an int >= 1, got {max_keys!r}"
+            raise ConfigurationError(msg)
         self.policy = RefreshPolicy(
             skew=skew,
             refresh_ahead=refresh_ahead,
             refresh_jitter=refresh_jitter,
             timeout=timeout,
-            backoff=backoff if backoff is not None else Backoff(),
+            backoff=backoff if backoff is not None else RefreshPolicy.backoff,
+            cooldown=cooldown if cooldown is not None else RefreshPolicy.cooldown,
             default_lifetime=default_lifetime,
         )
         self._source = _as_source(source) if source is not None else None
@@ -231,7 +238,8 @@ class TokenCache:
 
     async def __aenter__(self) -> TokenCache:
         if self._task_group is not None:
-            raise RuntimeError("this TokenCache is already entered; enter it once at a time")
+            msg = "this TokenCache is already entered; enter it once at a time"
+            raise RuntimeError(msg)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -371,10 +379,10 @@ class TokenCache:
                 # Refresh-ahead window: the token is good, so nobody waits for the refresh.
                 self._hits += 1
                 if self._current_flight(entry) is None and now >= entry.retry_at:
-                    flight = self._launch(entry, background=True)
+                    ahead = self._launch(entry, background=True)
                     if self._task_group is None:
-                        await self._run_flight(entry, flight)
-                        return flight.token or token
+                        await self._run_flight(entry, ahead)
+                        return ahead.token or token
                 return token
 
             flight = self._current_flight(entry)
@@ -391,11 +399,12 @@ class TokenCache:
 
     def _check_reentry(self, key: Hashable) -> None:
         if (id(self), key) in _refreshing.get():
-            raise RuntimeError(
+            msg = (
                 f"the token source for key {key!r} asked the same cache for a token while "
                 "fetching one, which would wait for ever; give the source an HTTP client "
                 "without tokenflight auth"
             )
+            raise RuntimeError(msg)
 
     def _entry(self, key: Hashable) -> _Entry:
         entry = self._entries.get(key)
@@ -404,17 +413,19 @@ class TokenCache:
             return entry
         if key is None:
             if self._source is None:
-                raise ConfigurationError(
+                msg = (
                     "this TokenCache has no default source; call get(key) with a key, or "
                     "pass source= when creating the cache"
                 )
+                raise ConfigurationError(msg)
             source = self._source
         else:
             if self._sources is None:
-                raise ConfigurationError(
+                msg = (
                     f"this TokenCache has no sources factory, so it cannot serve key {key!r}; "
                     "pass sources= when creating the cache, or call get() without a key"
                 )
+                raise ConfigurationError(msg)
             source = _as_source(self._sources(key))
         self._evict_for_new_key()
         entry = self._entries[key] = _Entry(key, source)
@@ -473,7 +484,7 @@ class TokenCache:
         reentry_token = _refreshing.set(_refreshing.get() | {(id(self), key)})
         try:
             token, sent_at = await self._fetch_within_budget(entry, flight)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - every failure is published to the waiters
             self._record_failure(entry, flight, error, started)
         else:
             self._store(entry, token, sent_at, started, flight)
@@ -498,7 +509,7 @@ class TokenCache:
             watchdog_group.start_soon(cancel_at_deadline)
             try:
                 outcome = await self._attempts(entry, flight, deadline)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - handed to the caller, not swallowed
                 failure = error
             finally:
                 watchdog_group.cancel_scope.cancel()
@@ -519,7 +530,7 @@ class TokenCache:
             self._fetches += 1
             sent_at = self._clock.monotonic()
             try:
-                token = await entry.source.fetch()
+                token: object = await entry.source.fetch()
             except Exception as error:
                 flight.last_attempt_error = error
                 if not _is_transient(error):
@@ -548,10 +559,11 @@ class TokenCache:
                 await self._clock.sleep(delay)
                 continue
             if not isinstance(token, Token):
-                raise TypeError(
+                msg = (
                     f"{entry.source!r}.fetch() returned {type(token).__name__}, "
                     "expected a tokenflight.Token"
                 )
+                raise TypeError(msg)
             return token, sent_at
 
     def _store(
@@ -592,7 +604,9 @@ class TokenCache:
         usable_until = expiry - policy.margin(lifetime)
         entry.token = token
         entry.usable_until = usable_until
-        entry.refresh_at = usable_until - policy.refresh_window(usable_until - sent_at, self._random)
+        entry.refresh_at = usable_until - policy.refresh_window(
+            usable_until - sent_at, self._random
+        )
         entry.error = None
         entry.failures = 0
         entry.retry_at = -math.inf
@@ -630,7 +644,7 @@ class TokenCache:
         if isinstance(refresh_error, PermanentRefreshError):
             entry.retry_at = math.inf
         else:
-            delay = self.policy.backoff.delay(entry.failures, self._random)
+            delay = self.policy.cooldown.delay(entry.failures, self._random)
             retry_after = getattr(refresh_error, "retry_after", None)
             if isinstance(retry_after, int | float):
                 delay = max(delay, float(retry_after))
@@ -640,7 +654,11 @@ class TokenCache:
         self._failures += 1
 
         still_usable = entry.token is not None and now < entry.usable_until
-        logger.warning(
+        # The first failure of a streak, and any failure callers will see, is a warning;
+        # repeats while a usable token hides them are only informative.
+        level = logging.INFO if still_usable and entry.failures > 1 else logging.WARNING
+        logger.log(
+            level,
             "refresh failed: key=%r error=%s failures=%d next_attempt_in=%.1fs%s",
             entry.key,
             type(refresh_error).__name__,

@@ -43,9 +43,11 @@ MINIMUM_LIFETIME = 1.0
 
 def _require_non_negative(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+        msg = f"{name} must be a finite number of seconds, got {value!r}"
+        raise ConfigurationError(msg)
     if value < 0:
-        raise ConfigurationError(f"{name} must be >= 0 seconds, got {value!r}")
+        msg = f"{name} must be >= 0 seconds, got {value!r}"
+        raise ConfigurationError(msg)
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ class Backoff:
         _require_non_negative("Backoff.initial", self.initial)
         _require_non_negative("Backoff.maximum", self.maximum)
         if not self.multiplier >= 1:
-            raise ConfigurationError(f"Backoff.multiplier must be >= 1, got {self.multiplier!r}")
+            msg = f"Backoff.multiplier must be >= 1, got {self.multiplier!r}"
+            raise ConfigurationError(msg)
         if not 0 <= self.jitter <= 1:
-            raise ConfigurationError(f"Backoff.jitter must be between 0 and 1, got {self.jitter!r}")
+            msg = f"Backoff.jitter must be between 0 and 1, got {self.jitter!r}"
+            raise ConfigurationError(msg)
 
     def delay(self, attempt: int, random: Callable[[], float]) -> float:
         """Return the delay in seconds before retry number ``attempt`` (1 for the first)."""
@@ -93,7 +97,11 @@ class RefreshPolicy:
     :param refresh_jitter: share of the window, from 0 to 1, taken off at random so that
         many processes do not refresh at the same instant.
     :param timeout: time budget of one refresh, retries included, in seconds.
-    :param backoff: delays between retries within a refresh, and between failed refreshes.
+    :param backoff: delays between retries within one refresh.
+    :param cooldown: delays between failed refreshes: after the n-th failure in a row, no
+        new refresh starts for ``cooldown.delay(n)`` seconds (or longer, if the server sent
+        ``Retry-After``). Callers meanwhile get the current token while it is usable, and
+        the last error otherwise.
     :param default_lifetime: lifetime of a token that carries no expiry, in seconds, or
         ``None`` to keep such a token until it is invalidated.
     """
@@ -103,6 +111,7 @@ class RefreshPolicy:
     refresh_jitter: float = 0.1
     timeout: float = 30.0
     backoff: Backoff = Backoff()
+    cooldown: Backoff = Backoff(initial=5.0, multiplier=2.0, maximum=60.0)
     default_lifetime: float | None = 3600.0
 
     def __post_init__(self) -> None:
@@ -110,11 +119,11 @@ class RefreshPolicy:
         _require_non_negative("refresh_ahead", self.refresh_ahead)
         _require_non_negative("timeout", self.timeout)
         if self.timeout == 0:
-            raise ConfigurationError("timeout must be > 0 seconds, got 0")
+            msg = "timeout must be > 0 seconds, got 0"
+            raise ConfigurationError(msg)
         if not 0 <= self.refresh_jitter <= 1:
-            raise ConfigurationError(
-                f"refresh_jitter must be between 0 and 1, got {self.refresh_jitter!r}"
-            )
+            msg = f"refresh_jitter must be between 0 and 1, got {self.refresh_jitter!r}"
+            raise ConfigurationError(msg)
         if self.default_lifetime is not None:
             _require_non_negative("default_lifetime", self.default_lifetime)
 

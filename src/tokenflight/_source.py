@@ -44,16 +44,19 @@ class CallableSource:
     __slots__ = ("_function",)
 
     def __init__(self, function: Callable[[], Awaitable[Token]]) -> None:
-        if not callable(function):
-            raise TypeError(f"CallableSource needs an async function, got {function!r}")
+        checked: object = function  # checked at run time for untyped callers
+        if not callable(checked):
+            msg = f"CallableSource needs an async function, got {function!r}"
+            raise TypeError(msg)
         self._function = function
 
     async def fetch(self) -> Token:
-        token = await self._function()
+        token: object = await self._function()
         if not isinstance(token, Token):
-            raise TypeError(
+            msg = (
                 f"{self._function!r} returned {type(token).__name__}, expected a tokenflight.Token"
             )
+            raise TypeError(msg)
         return token
 
     def __repr__(self) -> str:

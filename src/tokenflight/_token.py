@@ -30,18 +30,21 @@ def _reject_unsafe(value: str, what: str) -> None:
     # makes httpx raise an error that quotes the value. Both are rejected here, once,
     # with a message that does not quote the secret.
     if not value:
-        raise InvalidTokenError(f"{what} is empty; a token source must return a non-empty value")
+        msg = f"{what} is empty; a token source must return a non-empty value"
+        raise InvalidTokenError(msg)
     for index, char in enumerate(value):
         if char < " " or char == "\x7f":
-            raise InvalidTokenError(
+            msg = (
                 f"{what} contains the control character {char!r} at index {index} "
                 f"(fingerprint {fingerprint(value)}); strip whitespace in the token source"
             )
+            raise InvalidTokenError(msg)
         if not char.isascii():
-            raise InvalidTokenError(
+            msg = (
                 f"{what} contains a non-ASCII character at index {index} "
                 f"(fingerprint {fingerprint(value)}); HTTP header values must be ASCII"
             )
+            raise InvalidTokenError(msg)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -73,7 +76,7 @@ class Token:
     """
 
     value: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
     expires_in: float | None = None
     expires_at: float | None = None
     refresh_token: str | None = None
@@ -81,10 +84,10 @@ class Token:
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.value, str):
-            raise InvalidTokenError(
-                f"token value must be a str, not {type(self.value).__name__}"
-            )
+        value: object = self.value  # checked at run time for untyped callers
+        if not isinstance(value, str):
+            msg = f"token value must be a str, not {type(value).__name__}"
+            raise InvalidTokenError(msg)
         _reject_unsafe(self.value, "token value")
         if self.refresh_token is not None:
             _reject_unsafe(self.refresh_token, "refresh token")
@@ -94,11 +97,11 @@ class Token:
             if seconds is None:
                 continue
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-                raise InvalidTokenError(
-                    f"{name} must be a number of seconds, not {type(seconds).__name__}"
-                )
+                msg = f"{name} must be a number of seconds, not {type(seconds).__name__}"
+                raise InvalidTokenError(msg)
             if not math.isfinite(seconds) or seconds < 0:
-                raise InvalidTokenError(f"{name} must be a finite number >= 0, got {seconds!r}")
+                msg = f"{name} must be a finite number >= 0, got {seconds!r}"
+                raise InvalidTokenError(msg)
         if not isinstance(self.extra, types.MappingProxyType):
             object.__setattr__(self, "extra", types.MappingProxyType(dict(self.extra)))
 
@@ -127,4 +130,3 @@ class Token:
         return f"Token({', '.join(parts)})"
 
     __str__ = __repr__
-

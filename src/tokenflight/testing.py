@@ -97,7 +97,8 @@ class FakeClock:
         moves on, so a chain of sleeps within the interval happens as it would for real.
         """
         if seconds < 0:
-            raise ValueError(f"a FakeClock cannot go backwards; got advance({seconds!r})")
+            msg = f"a FakeClock cannot go backwards; got advance({seconds!r})"
+            raise ValueError(msg)
         target = self._now + seconds
         await wait_all_tasks_blocked()
         while self._sleepers and self._sleepers[0][0] <= target:
