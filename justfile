@@ -14,7 +14,7 @@ setup:
     test -x {{python}} || python3 -m venv {{venv}}
     {{python}} -m pip install --quiet --upgrade pip
     {{python}} -m pip install --quiet -e '.[dev]'
-    npm ci --prefix tests/servers --no-audit --no-fund --silent
+    npm ci --prefix tests/servers --no-audit --no-fund --loglevel=error
 
 # Run the test suite on asyncio and trio (arguments go to pytest).
 test *args:

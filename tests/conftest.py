@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# The secret guard fails any test whose log output contains a secret that test registered.
+# servers.fixtures runs the real authorization servers (oidc-provider, Authlib).
+sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ["secret_guard", "servers.fixtures"]
 
 
 @pytest.fixture(

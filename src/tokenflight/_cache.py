@@ -220,6 +220,7 @@ class TokenCache:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._task_group: TaskGroup | None = None
         self._skew_warned = False
+        self._expired_warned = False
         self._hits = 0
         self._misses = 0
         self._refreshes = 0
@@ -268,7 +269,9 @@ class TokenCache:
         if task_group is None:
             return
         task_group.cancel_scope.cancel()
-        await task_group.__aexit__(exc_type, exc_value, traceback)
+        # The exception of the `async with` body, if any, is not the task group's: passed
+        # in, it would come back wrapped in an ExceptionGroup. It propagates by itself.
+        await task_group.__aexit__(None, None, None)
 
     # -- the public operations ---------------------------------------------------
 
@@ -382,7 +385,13 @@ class TokenCache:
                     ahead = self._launch(entry, background=True)
                     if self._task_group is None:
                         await self._run_flight(entry, ahead)
-                        return ahead.token or token
+                        if ahead.token is not None:
+                            return ahead.token
+                        # The refresh failed, possibly after its whole timeout, so the
+                        # current token may have expired or been invalidated meanwhile.
+                        if entry.token is token and self._clock.monotonic() < entry.usable_until:
+                            return token
+                        continue
                 return token
 
             flight = self._current_flight(entry)
@@ -432,16 +441,23 @@ class TokenCache:
         return entry
 
     def _evict_for_new_key(self) -> None:
-        if len(self._entries) < self._max_keys:
-            return
-        for old_key, old_entry in self._entries.items():
-            # A key with a refresh in flight has waiters; dropping it would split the flight.
-            if old_entry.flight is None:
-                del self._entries[old_key]
-                self._evictions += 1
-                logger.debug("key evicted: key=%r", old_key)
-                self._emit("key.evicted", old_key)
+        # A key with a refresh in flight has waiters; dropping it would split the flight.
+        # So the cache can hold more than max_keys while such refreshes run, and the loop
+        # brings it back within the bound at the next new key.
+        while len(self._entries) >= self._max_keys:
+            found, old_key = self._least_recent_idle_key()
+            if not found:
                 return
+            del self._entries[old_key]
+            self._evictions += 1
+            logger.debug("key evicted: key=%r", old_key)
+            self._emit("key.evicted", old_key)
+
+    def _least_recent_idle_key(self) -> tuple[bool, Hashable]:
+        for key, entry in self._entries.items():
+            if entry.flight is None:
+                return True, key
+        return False, None
 
     def _current_flight(self, entry: _Entry) -> _Flight | None:
         flight = entry.flight
@@ -582,7 +598,12 @@ class TokenCache:
 
         lifetime = expiry - sent_at
         if lifetime < MINIMUM_LIFETIME:
-            logger.warning(
+            # Warned once per cache: a server that always sends such tokens would otherwise
+            # log a warning per refresh, about once a second.
+            level = logging.DEBUG if self._expired_warned else logging.WARNING
+            self._expired_warned = True
+            logger.log(
+                level,
                 "token arrived with %.1f s of life; keeping it for %.0f s: key=%r fingerprint=%s",
                 lifetime,
                 MINIMUM_LIFETIME,

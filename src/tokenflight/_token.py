@@ -75,11 +75,13 @@ class Token:
         is negative, infinite or not a number. The message never contains the secret.
     """
 
-    value: str
+    # compare=False keeps tools that diff dataclass fields (pytest's assertion
+    # explanation, for one) from printing the secrets; tokens compare by identity anyway.
+    value: str = field(compare=False)
     token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
     expires_in: float | None = None
     expires_at: float | None = None
-    refresh_token: str | None = None
+    refresh_token: str | None = field(default=None, compare=False)
     scope: str | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 

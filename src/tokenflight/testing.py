@@ -25,27 +25,74 @@ async def wait_all_tasks_blocked() -> None:
 
     On trio this is :func:`trio.testing.wait_all_tasks_blocked`. On asyncio it checks each
     task's pending future, yielding with ``sleep(0)`` between checks rather than the real
-    100 ms sleeps of :func:`anyio.wait_all_tasks_blocked`.
+    100 ms sleeps of :func:`anyio.wait_all_tasks_blocked`. When several tasks wait at
+    once, one of them returns and the others keep waiting until every task is blocked
+    again, as on trio; :meth:`FakeClock.autojump` always goes last, so time never moves
+    while a test is still waiting for the tasks it started to block.
     """
+    await _wait_all_tasks_blocked(last=False)
+
+
+# Tasks inside wait_all_tasks_blocked() on asyncio, with the order in which they return:
+# by priority (autojump last), then first come, first served.
+_asyncio_idle_waiters: dict[object, tuple[bool, int]] = {}
+_asyncio_idle_order = itertools.count()
+
+
+async def _wait_all_tasks_blocked(*, last: bool) -> None:
     if sniffio.current_async_library() == "trio":
         import trio.testing
 
-        await trio.testing.wait_all_tasks_blocked()
+        # trio wakes the waiter with the smallest cushion first; autojump's tiny cushion
+        # (one microsecond of real idle time) lets every other waiter go before it.
+        await trio.testing.wait_all_tasks_blocked(cushion=1e-6 if last else 0.0)
         return
 
     import asyncio
 
     this_task = asyncio.current_task()
-    while True:
-        await asyncio.sleep(0)
-        for task in asyncio.all_tasks():
-            if task is this_task:
-                continue
-            waiter = getattr(task, "_fut_waiter", None)
-            if waiter is None or waiter.done():
-                break
-        else:
-            return
+    rank = (last, next(_asyncio_idle_order))
+    _asyncio_idle_waiters[this_task] = rank
+    try:
+        while True:
+            await asyncio.sleep(0)
+            if _all_others_blocked(this_task, rank):
+                return
+    finally:
+        del _asyncio_idle_waiters[this_task]
+
+
+def _all_others_blocked(this_task: object, rank: tuple[bool, int]) -> bool:
+    import asyncio
+
+    for task in asyncio.all_tasks():
+        if task is this_task:
+            continue
+        other_rank = _asyncio_idle_waiters.get(task)
+        if other_rank is not None:
+            # Another waiter counts as blocked, unless it is due to return first.
+            if other_rank < rank:
+                return False
+            continue
+        waiter = getattr(task, "_fut_waiter", None)
+        if waiter is None or waiter.done():
+            return False
+
+    # A task can look blocked while a callback that will wake it is already scheduled:
+    # anyio, for one, delivers a cancellation over several loop iterations. So the loop
+    # must also have nothing ready to run but the steps of idle waiters. Event loops
+    # without a ready queue (uvloop) get the task check alone.
+    ready = getattr(asyncio.get_running_loop(), "_ready", ())
+    for handle in ready:
+        if handle.cancelled():
+            continue
+        owner = getattr(handle._callback, "__self__", None)
+        if isinstance(owner, asyncio.Task) and (
+            owner is this_task or owner in _asyncio_idle_waiters
+        ):
+            continue
+        return False
+    return True
 
 
 class FakeClock:
@@ -130,9 +177,45 @@ class FakeClock:
             finally:
                 task_group.cancel_scope.cancel()
 
+    @asynccontextmanager
+    async def move_on_after(self, seconds: float) -> AsyncIterator[anyio.CancelScope]:
+        """Cancel the block once ``seconds`` have passed on this clock, then carry on.
+
+        The fake-clock counterpart of :func:`anyio.move_on_after`, whose deadline is on the
+        event loop's real clock and so never passes in a test driven by a FakeClock. The
+        yielded scope's ``cancelled_caught`` tells whether the deadline cut the block short.
+        """
+        deadline_scope = anyio.CancelScope()
+
+        async def cancel_at_deadline() -> None:
+            await self.sleep(seconds)
+            deadline_scope.cancel()
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(cancel_at_deadline)
+            try:
+                with deadline_scope:
+                    yield deadline_scope
+            finally:
+                task_group.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def fail_after(self, seconds: float) -> AsyncIterator[anyio.CancelScope]:
+        """Like :meth:`move_on_after`, but raise :class:`TimeoutError` at the deadline.
+
+        The fake-clock counterpart of :func:`anyio.fail_after`.
+
+        :raises TimeoutError: when the deadline cut the block short.
+        """
+        async with self.move_on_after(seconds) as deadline_scope:
+            yield deadline_scope
+        if deadline_scope.cancelled_caught:
+            msg = f"the block did not finish within {seconds:g} s of fake time"
+            raise TimeoutError(msg)
+
     async def _jump_forever(self) -> None:
         while True:
-            await wait_all_tasks_blocked()
+            await _wait_all_tasks_blocked(last=True)
             if self._sleepers:
                 deadline, _, event = heapq.heappop(self._sleepers)
                 self._now = max(self._now, deadline)

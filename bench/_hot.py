@@ -1,0 +1,253 @@
+"""Benchmark group ``hot``: requests per second with a valid cached token.
+
+Every variant fetches its token during the warm-up, so the rounds measure only the hot
+path: taking the cached token and setting the header. Two settings:
+
+* in-process: ``httpx.MockTransport`` answers without sockets, so the auth layer's own
+  cost is not hidden by socket and pool costs;
+* loopback: the benchmark server in another process, through a pool with one open
+  connection per worker, which is what users see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+
+from ._harness import (
+    Endpoint,
+    LoadOutcome,
+    Profile,
+    collect_garbage,
+    drive,
+    in_process_endpoint,
+    loopback_server,
+    mock_transport,
+    open_pool,
+    with_heartbeat,
+)
+from ._results import Goal, GroupResult, Table
+from ._stats import Summary, format_ratio, summarize
+from ._variants import (
+    ALL_VARIANTS,
+    AUTHLIB,
+    BASELINE,
+    HTTPX_AUTH,
+    TOKENFLIGHT_AUTH_CLIENT,
+    Variant,
+    token_source_name,
+)
+
+__all__ = ["run"]
+
+BACKENDS = ("asyncio", "trio")
+EARLY_EXPIRY = 30.0
+
+
+async def _measure(
+    endpoint: Endpoint,
+    make_transport: Callable[[int], Awaitable[httpx.AsyncBaseTransport | None]],
+    workers: int,
+    total: int,
+    rounds: int,
+    variants: tuple[Variant, ...],
+    watch_stalls: bool,
+) -> dict[str, tuple[list[float], list[float], int]]:
+    """Open every variant, warm it up, then time ``rounds`` interleaved rounds of each."""
+    samples: dict[str, tuple[list[float], list[float], int]] = {
+        variant.name: ([], [], 0) for variant in variants
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, httpx.AsyncClient] = {}
+        for variant in variants:
+            transport = await make_transport(workers)
+            client = await stack.enter_async_context(
+                variant.open(endpoint, transport, EARLY_EXPIRY)
+            )
+            warmup = await drive(client, endpoint.api_path, workers, workers * 4)
+            if warmup.failures:
+                raise RuntimeError(f"{variant.name}: {warmup.failures} failed warm-up requests")
+            clients[variant.name] = client
+
+        for round_number in range(rounds):
+            # Rotate the order so that no variant always runs first or last in a round.
+            shift = round_number % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                client = clients[variant.name]
+                collect_garbage()
+
+                async def load(client: httpx.AsyncClient = client) -> LoadOutcome:
+                    return await drive(client, endpoint.api_path, workers, total)
+
+                if watch_stalls:
+                    outcome, stall = await with_heartbeat(load)
+                else:
+                    outcome, stall = await load(), float("nan")
+                rates, stalls, failures = samples[variant.name]
+                rates.append(outcome.rate)
+                stalls.append(stall)
+                samples[variant.name] = (rates, stalls, failures + outcome.failures)
+    return samples
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """Where the requests go and through which pool."""
+
+    label: str
+    worker_counts: tuple[int, ...]
+    loopback: bool
+    preopened: bool
+
+
+SETTINGS = (
+    _Setting("in-process", (1, 50), loopback=False, preopened=False),
+    _Setting("loopback, pre-opened pool", (1, 50), loopback=True, preopened=True),
+    _Setting("loopback, httpx's stock pool", (50,), loopback=True, preopened=False),
+)
+
+
+def run(profile: Profile) -> GroupResult:
+    """Measure the hot path in-process and on loopback, with 1 and 50 workers."""
+    in_process_total = profile.pick(2_000, 5_000)
+    loopback_total = profile.pick(500, 2_000)
+    result = GroupResult(
+        name="hot",
+        title="Hot path: a valid token in the cache",
+        description=(
+            "Requests per second with a valid cached token, each client against a plain "
+            "`httpx.AsyncClient` that sends a static `Authorization` header. Each round sends "
+            f"{in_process_total:,} requests in-process (`httpx.MockTransport`, no sockets) or "
+            f"{loopback_total:,} on loopback (the benchmark server in its own process), "
+            "split over the workers; each worker waits for its answer before sending the "
+            "next request. The pre-opened pool has one open connection per worker (see the "
+            "note on pools above); httpx's stock pool starts empty with its default limits. "
+            "Every variant fetches its token in a warm-up before the first round, and the "
+            "variants take turns within each round, in a rotating order. tokenflight's token "
+            f"source: {token_source_name()}. The stall column (loopback only) is the longest "
+            "delay of a 1 ms heartbeat task. In-process, no request ever waits for I/O, so a "
+            "heartbeat could only measure the length of a round."
+        ),
+    )
+    ratios: dict[tuple[str, str, int, str], float] = {}
+
+    with loopback_server() as server:
+        loopback_endpoint = server.endpoint()
+        for backend in BACKENDS:
+            for setting in SETTINGS:
+                table = Table(
+                    f"{setting.label}, {backend}",
+                    [
+                        "workers",
+                        "variant",
+                        "requests/s",
+                        "ratio to baseline",
+                        "max stall (ms)",
+                        "failed",
+                    ],
+                )
+                for workers in setting.worker_counts:
+                    make_transport: Callable[[int], Awaitable[httpx.AsyncBaseTransport | None]]
+                    if not setting.loopback:
+                        endpoint = in_process_endpoint()
+                        total = in_process_total
+                        make_transport = _in_process_transport
+                    elif setting.preopened:
+                        endpoint = loopback_endpoint
+                        total = loopback_total
+                        make_transport = functools.partial(_loopback_pool, endpoint.base_url)
+                    else:
+                        endpoint = loopback_endpoint
+                        total = loopback_total
+                        make_transport = _stock_pool
+
+                    samples = anyio.run(
+                        _measure,
+                        endpoint,
+                        make_transport,
+                        workers,
+                        total,
+                        profile.rounds,
+                        ALL_VARIANTS,
+                        setting.loopback,
+                        backend=backend,
+                    )
+                    baseline = summarize(samples[BASELINE.name][0])
+                    for variant in ALL_VARIANTS:
+                        rates, stalls, failures = samples[variant.name]
+                        rate = summarize(rates)
+                        ratio = rate.median / baseline.median
+                        ratios[(setting.label, backend, workers, variant.name)] = ratio
+                        table.rows.append(
+                            [
+                                str(workers),
+                                variant.name,
+                                rate.format(0),
+                                format_ratio(rate.median, baseline.median),
+                                _format_stall(stalls),
+                                str(failures),
+                            ]
+                        )
+                        result.raw[f"{setting.label}/{backend}/{workers}/{variant.name}"] = {
+                            "rate": rate.to_json(),
+                            "ratio": ratio,
+                            "stall": stalls,
+                        }
+                table.notes.append(
+                    "Requests per second: median (min-max) over the rounds; the ratio is of "
+                    "medians."
+                )
+                result.tables.append(table)
+
+    in_process = [
+        ratios[("in-process", backend, workers, TOKENFLIGHT_AUTH_CLIENT.name)]
+        for backend in BACKENDS
+        for workers in SETTINGS[0].worker_counts
+    ]
+    behind: list[str] = []
+    for (label, backend, workers, name), ratio in ratios.items():
+        if name not in (AUTHLIB.name, HTTPX_AUTH.name):
+            continue
+        ours = ratios[(label, backend, workers, TOKENFLIGHT_AUTH_CLIENT.name)]
+        if ours < ratio:
+            behind.append(
+                f"{label}, {backend}, {workers} workers: {ours:.2f} against {name} {ratio:.2f}"
+            )
+    result.goals += [
+        Goal(
+            "Hot path at least 0.97 of the static-header baseline in-process (AuthClient)",
+            f"{min(in_process):.2f} to {max(in_process):.2f} (asyncio and trio, 1 and 50 workers)",
+            min(in_process) >= 0.97,
+        ),
+        Goal(
+            "Hot path never behind a peer (AuthClient, medians)",
+            "; ".join(behind) if behind else "ahead of both peers in every setting",
+            not behind,
+        ),
+    ]
+    return result
+
+
+async def _in_process_transport(connections: int) -> httpx.AsyncBaseTransport | None:
+    return mock_transport()
+
+
+async def _stock_pool(connections: int) -> httpx.AsyncBaseTransport | None:
+    return None
+
+
+async def _loopback_pool(base_url: str, connections: int) -> httpx.AsyncBaseTransport | None:
+    return await open_pool(base_url, connections)
+
+
+def _format_stall(stalls: list[float]) -> str:
+    measured = [stall for stall in stalls if stall == stall]
+    if not measured:
+        return "n/a"
+    summary: Summary = summarize(measured)
+    return summary.format(1, 1000)

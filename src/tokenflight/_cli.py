@@ -1,0 +1,298 @@
+"""The ``tokenflight`` command: ``demo`` here, and the tools that ``_cli_tools`` adds.
+
+Each subcommand sets ``run=function(args) -> exit status``. A bad option ends the
+command with one line on standard error, naming the problem and the fix, and exit
+status 2; a run that fails exits with 1. No traceback is printed for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+from ._errors import ConfigurationError
+
+__all__ = ["CLIENT_SECRET_ENV", "UsageError", "build_parser", "main"]
+
+CLIENT_SECRET_ENV = "TOKENFLIGHT_CLIENT_SECRET"  # noqa: S105 - a variable name
+
+
+class UsageError(Exception):
+    """A bad option or combination of options; the message says what to change."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _RejectSecretOption(argparse.Action):
+    """An option that would put a secret on the command line: fail without echoing it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted, because other users of the machine can read "
+            f"the command line; put the secret in a file and pass --client-secret-file, or "
+            f"set {CLIENT_SECRET_ENV}"
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 0:
+        msg = f"must be 0 or more, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _lifetime(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"expected seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    # The cache keeps any token for at least 1 s, so shorter tokens would be sent after
+    # the server considers them expired.
+    if not 1.0 <= value <= 86_400.0:
+        msg = f"must be between 1 and 86400 seconds, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_DEMO_DESCRIPTION = """\
+Start an OAuth2 token endpoint and a protected API on 127.0.0.1, send many concurrent
+requests to the API through one tokenflight.AuthClient while the tokens expire every few
+seconds, and print a summary: requests, successes, token fetches, fetches per token
+expiry, 401s, retries and latency. Halfway through, the API revokes every token once,
+to show that a burst of 401s causes one token fetch.
+"""
+
+_DEMO_EPILOG = f"""\
+With --token-url, the demo fetches tokens from that endpoint instead (client credentials
+grant, client_secret_basic) and its API accepts the tokens the endpoint issued, until
+their expires_in passes. The client secret comes from --client-secret-file or from the
+environment variable {CLIENT_SECRET_ENV}, never from the command line.
+"""
+
+
+def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = subcommands.add_parser(
+        "demo",
+        help="run 10,000 requests from 1,000 tasks through AuthClient and print a summary",
+        description=_DEMO_DESCRIPTION,
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    demo.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop to run on (default: asyncio)",
+    )
+    demo.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="requests to send in total (default: 10,000)",
+    )
+    demo.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=1_000,
+        metavar="N",
+        help="tasks sending requests at the same time (default: 1,000)",
+    )
+    demo.add_argument(
+        "--token-lifetime",
+        type=_lifetime,
+        default=None,
+        metavar="SECONDS",
+        help="lifetime of the embedded endpoint's tokens, 1 to 86400 (default: 2)",
+    )
+    demo.add_argument(
+        "--revoke-at",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="revoke every token once after N requests; 0 never (default: half of --requests)",
+    )
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="do not draw the progress bar (it is drawn only on a terminal anyway)",
+    )
+    external = demo.add_argument_group("external token endpoint")
+    external.add_argument("--token-url", metavar="URL", help="token endpoint to use instead")
+    external.add_argument("--client-id", metavar="ID", help="client id at that endpoint")
+    external.add_argument(
+        "--client-secret-file",
+        type=Path,
+        metavar="PATH",
+        help=f"file holding the client secret (default: the {CLIENT_SECRET_ENV} variable)",
+    )
+    external.add_argument("--scope", metavar="SCOPE", help="scope to request, space-separated")
+    external.add_argument("--client-secret", action=_RejectSecretOption, help=argparse.SUPPRESS)
+    demo.set_defaults(run=_run_demo)
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        msg = f"cannot read --client-secret-file {str(path)!r}: {reason}"
+        raise UsageError(msg) from None
+    secret = text.strip()
+    if not secret:
+        msg = f"--client-secret-file {str(path)!r} is empty"
+        raise UsageError(msg)
+    return secret
+
+
+def _demo_options(args: argparse.Namespace) -> Any:
+    from ._demo import DemoOptions
+
+    external_only = {
+        "--client-id": args.client_id,
+        "--client-secret-file": args.client_secret_file,
+        "--scope": args.scope,
+    }
+    if args.token_url is None:
+        for option, value in external_only.items():
+            if value is not None:
+                msg = f"{option} applies only with --token-url; add --token-url URL"
+                raise UsageError(msg)
+        return DemoOptions(
+            backend=args.backend,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            token_lifetime=2.0 if args.token_lifetime is None else args.token_lifetime,
+            revoke_at=args.revoke_at,
+            progress=False if args.no_progress else None,
+        )
+
+    if args.token_lifetime is not None:
+        msg = (
+            "--token-lifetime sets the embedded endpoint's tokens; with --token-url the "
+            "endpoint decides, so drop --token-lifetime"
+        )
+        raise UsageError(msg)
+    if not args.client_id:
+        msg = "--token-url needs --client-id ID"
+        raise UsageError(msg)
+    if args.client_secret_file is not None:
+        secret = _read_secret_file(args.client_secret_file)
+    else:
+        secret = os.environ.get(CLIENT_SECRET_ENV, "").strip()
+        if not secret:
+            msg = (
+                f"--token-url needs the client secret: pass --client-secret-file PATH or set "
+                f"{CLIENT_SECRET_ENV}"
+            )
+            raise UsageError(msg)
+    return DemoOptions(
+        backend=args.backend,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        revoke_at=args.revoke_at,
+        token_url=args.token_url,
+        client_id=args.client_id,
+        client_secret=secret,
+        scope=args.scope,
+        progress=False if args.no_progress else None,
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    options = _demo_options(args)
+
+    from . import _demo
+
+    missing = _demo.missing_dependency(options.backend)
+    if missing is not None:
+        print(f"tokenflight demo: error: {missing}", file=sys.stderr)
+        return 2
+
+    import anyio
+
+    try:
+        summary = anyio.run(_demo.run_demo, options, backend=options.backend)
+    except _demo.DemoError as error:
+        print(f"tokenflight demo: error: {error}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    return 0 if summary.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``tokenflight`` argument parser with every subcommand."""
+    from ._cli_tools import register_tools
+
+    parser = _Parser(
+        prog="tokenflight",
+        description="Single-flight async credentials for httpx: a demo and a few tools.",
+    )
+    subcommands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND"),
+    )
+    _add_demo(subcommands)
+    register_tools(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tokenflight`` command and return its exit status.
+
+    :param argv: the arguments after the program name; ``sys.argv[1:]`` by default.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+
+    prog = f"tokenflight {args.command}"
+    try:
+        status: int = args.run(args)
+    except (UsageError, ConfigurationError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Signing credentials: a key id, its secret and an optional session token, read as one value.
+
+A request signer reads these three fields together. Reading them one at a time from a
+store that a refresh rewrites can mix two versions, so that a request goes out with the
+key id of one credential set and a signature made with the secret of the next. Every
+signer here therefore takes one immutable :class:`Credentials` per attempt and signs the
+whole attempt with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ._errors import InvalidTokenError
+from ._token import Token, fingerprint
+
+__all__ = ["Credentials"]
+
+
+def _secret_fingerprint(secret: str | bytes) -> str:
+    if isinstance(secret, str):
+        return fingerprint(secret)
+    return hashlib.sha256(secret).hexdigest()[:8]
+
+
+def _check_header_safe(value: str, what: str, *, secret: bool) -> None:
+    # These values travel in header values, where CR or LF could inject a header.
+    for index, char in enumerate(value):
+        if char < " " or char == "\x7f":
+            label = f" (fingerprint {fingerprint(value)})" if secret else ""
+            msg = f"{what} contains the control character {char!r} at index {index}{label}"
+            raise InvalidTokenError(msg)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Credentials:
+    """One consistent set of signing credentials: key id, secret and session token.
+
+    ``secret`` and ``session_token`` are secrets: ``repr()`` and ``str()`` show only their
+    fingerprints. Instances compare by identity, like :class:`~tokenflight.Token`.
+
+    :param key_id: the public identifier of the key (an AWS access key id, an API key
+        name), or ``None`` for schemes that send none, such as most webhooks.
+    :param secret: the signing secret. Signers that need bytes encode a ``str`` as UTF-8.
+    :param session_token: a temporary session token sent along with the signature, as
+        AWS STS credentials have.
+    :raises InvalidTokenError: when the secret is empty, or when the key id or the
+        session token is empty or contains a control character. The message never
+        contains the secret or the session token.
+    """
+
+    key_id: str | None
+    secret: str | bytes
+    session_token: str | None = None
+
+    def __post_init__(self) -> None:
+        secret: object = self.secret  # checked at run time for untyped callers
+        if not isinstance(secret, str | bytes):
+            msg = f"secret must be str or bytes, not {type(secret).__name__}"
+            raise InvalidTokenError(msg)
+        if not secret:
+            msg = "secret is empty; pass the signing secret"
+            raise InvalidTokenError(msg)
+        if self.key_id is not None:
+            if not isinstance(self.key_id, str) or not self.key_id:
+                msg = f"key_id must be a non-empty str or None, got {self.key_id!r}"
+                raise InvalidTokenError(msg)
+            _check_header_safe(self.key_id, "key id", secret=False)
+        if self.session_token is not None:
+            if not isinstance(self.session_token, str) or not self.session_token:
+                msg = "session_token must be a non-empty str or None"
+                raise InvalidTokenError(msg)
+            _check_header_safe(self.session_token, "session token", secret=True)
+
+    @classmethod
+    def from_token(cls, token: Token) -> Credentials:
+        """Build credentials from a cached :class:`~tokenflight.Token`.
+
+        The token's ``value`` is the secret; ``extra["key_id"]`` and
+        ``extra["session_token"]`` carry the other two fields when present. A token
+        source for a :class:`~tokenflight.TokenCache` that serves signing credentials
+        returns tokens of this shape, with the credentials' expiry as ``expires_at``.
+
+        :raises InvalidTokenError: when ``key_id`` or ``session_token`` in ``extra`` is
+            not a non-empty string.
+        """
+        key_id = token.extra.get("key_id")
+        session_token = token.extra.get("session_token")
+        if key_id is not None and not isinstance(key_id, str):
+            msg = f"token extra 'key_id' must be a str, not {type(key_id).__name__}"
+            raise InvalidTokenError(msg)
+        if session_token is not None and not isinstance(session_token, str):
+            msg = f"token extra 'session_token' must be a str, not {type(session_token).__name__}"
+            raise InvalidTokenError(msg)
+        return cls(key_id, token.value, session_token)
+
+    @property
+    def secret_bytes(self) -> bytes:
+        """The secret as bytes (UTF-8 for a ``str`` secret)."""
+        return self.secret.encode("utf-8") if isinstance(self.secret, str) else self.secret
+
+    @property
+    def fingerprint(self) -> str:
+        """Short label of the secret for logs: the first 8 hex digits of its SHA-256."""
+        return _secret_fingerprint(self.secret)
+
+    @property
+    def label(self) -> str:
+        """How logs and messages name these credentials: the key id, else the fingerprint."""
+        return self.key_id if self.key_id is not None else f"fingerprint {self.fingerprint}"
+
+    def __repr__(self) -> str:
+        parts = [f"key_id={self.key_id!r}", f"secret=<redacted {self.fingerprint}>"]
+        if self.session_token is not None:
+            parts.append(f"session_token=<redacted {fingerprint(self.session_token)}>")
+        return f"Credentials({', '.join(parts)})"
+
+    __str__ = __repr__

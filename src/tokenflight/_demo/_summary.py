@@ -1,0 +1,123 @@
+"""The demo's closing summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["DemoSummary", "percentile"]
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Return the nearest-rank percentile of ``values`` (``share`` from 0 to 1), or NaN."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(math.ceil(share * len(ordered)), 1)
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """The numbers of one demo run.
+
+    :param backend: the event loop, ``asyncio`` or ``trio``.
+    :param requests: requests sent by the load tasks (retries not counted).
+    :param concurrency: load tasks.
+    :param successes: requests that ended with a 2xx response.
+    :param token_fetches: calls to the token source, retries included.
+    :param token_lifetime: lifetime of the tokens in seconds, if the endpoint gave one.
+    :param duration: seconds the load took.
+    :param rejections: 401 responses the protected API sent.
+    :param retries: requests that TokenAuth sent again with a new token after a 401.
+    :param revoked_at: the request count at which the API revoked every token, if it did.
+    :param latencies: p50 and p99 latency in seconds.
+    :param statuses: responses other than 2xx, by status code.
+    :param errors: requests that raised, by error class, with the first message.
+    :param token_url: the token endpoint used, and whether it was the embedded one.
+    :param api_url: the protected API's base URL.
+    """
+
+    backend: str
+    requests: int
+    concurrency: int
+    successes: int
+    token_fetches: int
+    token_lifetime: float | None
+    duration: float
+    rejections: int
+    retries: int
+    revoked_at: int | None
+    latency_p50: float
+    latency_p99: float
+    token_url: str
+    embedded: bool
+    api_url: str
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every request succeeded."""
+        return self.successes == self.requests
+
+    @property
+    def expiries(self) -> float | None:
+        """Token lifetimes that fit in the run: how often a token had to be replaced."""
+        if not self.token_lifetime:
+            return None
+        return self.duration / self.token_lifetime
+
+    @property
+    def fetches_per_expiry(self) -> float | None:
+        """Token fetches per token lifetime; ``None`` when no token expired in the run."""
+        expiries = self.expiries
+        if expiries is None or expiries < 1:
+            return None
+        return self.token_fetches / expiries
+
+    def format(self) -> str:
+        """Return the summary as the lines the command prints."""
+        rate = self.requests / self.duration if self.duration > 0 else math.inf
+        share = 100.0 * self.successes / self.requests if self.requests else 100.0
+        where = "embedded" if self.embedded else "external"
+        lifetime = f"{self.token_lifetime:g} s" if self.token_lifetime else "not given"
+        lines = [
+            f"tokenflight demo on {self.backend}: {self.requests:,} requests from "
+            f"{self.concurrency:,} concurrent tasks through one AuthClient",
+            f"  token endpoint      {self.token_url} ({where}; token lifetime {lifetime})",
+            f"  protected API       {self.api_url}",
+            f"  requests            {self.requests:,} in {self.duration:.1f} s ({rate:,.0f}/s)",
+            f"  successes           {self.successes:,} ({share:.1f} %)",
+            f"  token fetches       {self.token_fetches:,}",
+        ]
+
+        expiries = self.expiries
+        per_expiry = self.fetches_per_expiry
+        if expiries is None:
+            lines.append("  fetches per expiry  n/a (the tokens carried no lifetime)")
+        elif per_expiry is None:
+            lines.append(
+                f"  fetches per expiry  n/a (no token expired: {self.duration:.1f} s run, "
+                f"{self.token_lifetime:g} s tokens)"
+            )
+        else:
+            lines.append(
+                f"  fetches per expiry  {per_expiry:.2f} ({expiries:.1f} token lifetimes in "
+                f"the run; each one needs a fetch, however many tasks are waiting)"
+            )
+
+        revoked = ""
+        if self.revoked_at is not None:
+            revoked = f" (the API revoked every token once, after request {self.revoked_at:,})"
+        lines.append(f"  401s                {self.rejections:,}{revoked}")
+        lines.append(f"  retries             {self.retries:,}")
+        lines.append(
+            f"  latency             p50 {self.latency_p50 * 1000:.1f} ms, "
+            f"p99 {self.latency_p99 * 1000:.1f} ms"
+        )
+        for status, count in sorted(self.statuses.items()):
+            lines.append(f"  status {status}          {count:,}")
+        for name, (count, message) in sorted(self.errors.items()):
+            lines.append(f"  {name}: {count:,} (first: {message})")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Bounded stress and soak runs of tokenflight against loopback servers."""

@@ -1,0 +1,1 @@
+"""Real authorization servers for the tests, and the pytest fixtures that run them."""
