@@ -1,7 +1,7 @@
 """Benchmark group ``cancel``: the task that started a refresh is cancelled.
 
 On a client with no token, one task (the leader) sends a request and so starts the token
-request, which the endpoint answers after 200 ms. 20 ms later, 99 more callers send
+request, to which the endpoint responds after 200 ms. 20 ms later, 99 more callers send
 theirs; at 50 ms the leader is cancelled. Counted: token requests, and whether any of the
 other callers failed.
 """
@@ -108,7 +108,7 @@ def run(profile: Profile) -> GroupResult:
         title="Cancelling the task that started a refresh",
         description=(
             "On a new client with no token, a leader task sends a request, which starts a "
-            f"token request answered after {TOKEN_LATENCY * 1000:.0f} ms. "
+            f"token request that the endpoint completes after {TOKEN_LATENCY * 1000:.0f} ms. "
             f"{FOLLOWERS_START * 1000:.0f} ms later {FOLLOWERS} more callers send theirs; at "
             f"{CANCEL_AT * 1000:.0f} ms the leader is cancelled. Token requests are counted "
             "by the server. `AuthClient` enters its cache, so the refresh runs in the cache's "

@@ -1,4 +1,4 @@
-"""What every benchmark group shares: the loopback server, the in-process endpoint,
+"""Parts every benchmark group shares: the loopback server, the in-process endpoint,
 connection pools, the event-loop heartbeat and the round profile."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Profile:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a client variant sends its API and token requests.
+    """Destination of a client variant's API and token requests.
 
     ``transport`` builds the API client's transport (``None`` for httpx's stock pool).
     The token transports are set for the in-process endpoint and are ``None`` on loopback,
@@ -78,9 +78,9 @@ _TOKEN_BODY = json.dumps(
 
 
 def _mock_handler(request: httpx.Request) -> httpx.Response:
-    """Answer like the loopback server, without sockets and without checking tokens.
+    """Respond like the loopback server, without sockets and without checking tokens.
 
-    The API answers 401 when no Authorization header arrived, so a variant that fails to
+    The API responds with 401 when no Authorization header arrived, so a variant that fails to
     authenticate cannot look fast.
     """
     if request.url.path == "/token":
@@ -93,7 +93,7 @@ def _mock_handler(request: httpx.Request) -> httpx.Response:
 
 
 def mock_transport() -> httpx.MockTransport:
-    """Return an in-process transport answering the API and the token endpoint."""
+    """Return an in-process transport that serves the API and the token endpoint."""
     return httpx.MockTransport(_mock_handler)
 
 
@@ -237,7 +237,7 @@ def collect_garbage() -> None:
 
 @dataclass
 class LoadOutcome:
-    """What one run of :func:`drive` saw: elapsed seconds and answers other than 200."""
+    """Result of one load run: elapsed seconds, requests, and responses other than 200."""
 
     elapsed: float
     requests: int
@@ -250,7 +250,7 @@ class LoadOutcome:
 
 
 async def drive(client: httpx.AsyncClient, path: str, workers: int, total: int) -> LoadOutcome:
-    """Send ``total`` GET requests from ``workers`` tasks, each waiting for its answer."""
+    """Send ``total`` GET requests from ``workers`` tasks, each waiting for its response."""
     per_worker = total // workers
     failures = 0
 
@@ -271,7 +271,7 @@ async def drive(client: httpx.AsyncClient, path: str, workers: int, total: int) 
 async def drive_for(
     client: httpx.AsyncClient, path: str, workers: int, seconds: float
 ) -> LoadOutcome:
-    """Send GET requests from ``workers`` tasks for ``seconds``, each awaiting its answer."""
+    """Send GET requests from ``workers`` tasks for ``seconds``, each waiting for its response."""
     requests = 0
     failures = 0
     deadline = time.perf_counter() + seconds

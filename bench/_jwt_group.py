@@ -51,8 +51,8 @@ WORKERS = 50
 ISSUER = "bench-issuer"
 SUBJECT = "bench-subject"
 AUDIENCE = "https://api.example.test"
-# The cache's default skew (30 s) is longer than the JWT's lifetime; the cache would clamp
-# it and warn, so the benchmark sets a skew that fits, as the warning advises.
+# The cache's default skew (30 s) is longer than the JWT's lifetime. The cache would clamp
+# it and log a warning, so the benchmark sets a skew that fits, as the warning advises.
 JWT_SKEW = 5.0
 
 

@@ -1,9 +1,9 @@
-"""Benchmark group ``outage``: the token endpoint answers 503 for 2 seconds.
+"""Benchmark group ``outage``: the token endpoint responds with 503 for 2 seconds.
 
 200 callers start together on a client with no token, just as the token endpoint begins
-answering 503. Each caller repeats its request until one succeeds, pausing 100 ms after
+responding with 503. Each caller repeats its request until one succeeds, pausing 100 ms after
 each failure (a plain client-side retry). Measured: token requests during the outage,
-errors the callers saw, and how long after the outage the callers got their answers.
+errors the callers saw, and how long after the outage the callers got their responses.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run(profile: Profile) -> GroupResult:
         title="Token endpoint outage",
         description=(
             f"{CALLERS} callers start on a new client with no token just as the token "
-            f"endpoint starts answering 503 for {OUTAGE:g} s (each answer after "
+            f"endpoint starts responding with 503 for {OUTAGE:g} s (each after "
             f"{TOKEN_LATENCY * 1000:.0f} ms). Each caller repeats its GET until it gets a "
             f"200, pausing {RETRY_PAUSE * 1000:.0f} ms after each failure, and gives up "
             f"{GIVE_UP_AFTER:g} s after the outage. Token requests are counted by the server. "
@@ -157,8 +157,12 @@ def run(profile: Profile) -> GroupResult:
                         if variant.needs_token
                         else "-",
                         _format_errors(error_totals, errors),
-                        _format_seconds([sample.first_after for sample in runs]),
-                        _format_seconds([sample.all_after for sample in runs]),
+                        _format_seconds([sample.first_after for sample in runs])
+                        if variant.needs_token
+                        else "-",
+                        _format_seconds([sample.all_after for sample in runs])
+                        if variant.needs_token
+                        else "-",
                         summarize([sample.stall for sample in runs]).format(0, 1000),
                     ]
                 )

@@ -2,12 +2,13 @@
 
 httpx 0.28 sends requests through httpcore's ``AsyncConnectionPool`` (httpcore 1.0.9).
 On every request that starts or ends, that pool scans each queued request against each
-connection, so a burst of N queued requests costs O(N x connections) per change and
-O(N² x connections) in all: measured here, 1,000 concurrent GETs through 100 open
-connections took 5.9 s with a 2.8 s event-loop stall, and 10,000 did not finish in
-10 minutes. Its idle check also counts every connection instead of the idle ones, so
-once more than ``max_keepalive_connections`` (20 by default) are open, every connection
-that turns idle is closed.
+connection. A burst of N queued requests therefore costs O(N x connections) per change
+and O(N² x connections) in all. In a one-off measurement on the 2-core benchmark machine
+(not repeated by this suite), 1,000 concurrent GETs through 100 already open connections
+took 5.9 s with a 2.8 s event-loop stall, and 10,000 did not finish in 10 minutes.
+Its idle check also counts every connection instead of the idle ones, so once more than
+``max_keepalive_connections`` (20 by default) are open, every connection that turns idle
+is closed.
 
 Those costs belong to httpx, not to the auth layer, and they would swamp what the burst
 figures compare. :class:`PreopenedTransport` therefore keeps httpx's own transport (the
@@ -69,7 +70,9 @@ class _FifoPool:
 
     def __init__(self, base_url: str, size: int) -> None:
         url = httpx.URL(base_url)
-        port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
+        port = url.port
+        if port is None:
+            port = 443 if url.scheme == "https" else 80
         self._origin = httpcore.Origin(url.raw_scheme, url.raw_host, port)
         self._size = size
         self._idle: list[httpcore.AsyncHTTPConnection] = []

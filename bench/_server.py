@@ -8,7 +8,7 @@ event loop.
 
 Routes:
 
-* ``POST /token``: a client-credentials token endpoint. It answers after the configured
+* ``POST /token``: a client-credentials token endpoint. It responds after the configured
   latency with ``{"access_token", "token_type", "expires_in"}``, or with 503 while an
   outage window is open.
 * ``GET /api``: 200 for a known, unexpired bearer token (or the static token), 401 with
@@ -118,13 +118,13 @@ _NOT_FOUND = _response(404, "Not Found", b"not found", ("content-type: text/plai
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests one after another, answers in order."""
+    """One client connection: parses requests one after another and responds in order."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
-        # Answers must leave in request order, so a delayed token answer holds later ones.
+        # Responses must leave in request order, so a delayed token response delays later ones.
         self.pending: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -197,7 +197,7 @@ class _Connection(asyncio.Protocol):
         future: asyncio.Future[None] = loop.create_future()
         self.pending = future
 
-        def answer() -> None:
+        def respond() -> None:
             if unavailable:
                 self.state.counters.token_503 += 1
                 payload = _UNAVAILABLE
@@ -211,7 +211,7 @@ class _Connection(asyncio.Protocol):
                 previous.add_done_callback(lambda _: self.send(payload))
             future.set_result(None)
 
-        loop.call_later(delay, answer)
+        loop.call_later(delay, respond)
 
 
 def _json(data: dict[str, Any]) -> bytes:

@@ -80,7 +80,7 @@ BASELINE = Variant("httpx, static header (baseline)", _open_static, needs_token=
 class _PostTokenSource:
     """A client-credentials token source, for a tokenflight without ``ClientCredentials``.
 
-    One attempt per ``fetch()``: a 5xx or 429 answer and transport errors are transient.
+    One attempt per ``fetch()``: a 5xx or 429 response and transport errors are transient.
     """
 
     def __init__(self, token_url: str, http_client: httpx.AsyncClient) -> None:
@@ -94,7 +94,7 @@ class _PostTokenSource:
             auth=(CLIENT_ID, CLIENT_SECRET),
         )
         if response.status_code >= 500 or response.status_code == 429:
-            raise TransientRefreshError(f"token endpoint answered {response.status_code}")
+            raise TransientRefreshError(f"token endpoint responded with {response.status_code}")
         response.raise_for_status()
         body = response.json()
         return Token(

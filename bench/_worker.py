@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -39,14 +40,18 @@ def run_group(name: str, profile: Profile, command: str) -> GroupResult:
     """Import and run one group, and stamp its result with the environment and command."""
     module = importlib.import_module(GROUPS[name])
     run = cast(Callable[[Profile], GroupResult], module.run)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     result = run(profile)
     result.seconds = time.perf_counter() - started
+    load_after = os.getloadavg()[0]
     result.command = command
     result.environment = {
         **machine_facts(),
         **{f"version {package}": version for package, version in package_versions().items()},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        # Other processes on the machine slow every variant and widen the spread.
+        "load average (1 min) before and after": f"{load_before:.2f}, {load_after:.2f}",
     }
     return result
 
@@ -63,7 +68,9 @@ def main() -> int:
 
     # Authlib warns on import that plain httpx is deprecated in favour of httpx2.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="authlib")
-    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 7)
+    rounds = args.rounds
+    if rounds is None:
+        rounds = 3 if args.quick else 7
     profile = Profile(quick=args.quick, rounds=rounds)
     result = run_group(args.group, profile, args.command)
     args.output.write_text(json.dumps(result.to_json(), indent=1) + "\n")

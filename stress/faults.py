@@ -291,6 +291,7 @@ class _Counters:
     malformed: Counter[str] = field(default_factory=Counter)
     retry_after_early: int = 0
     api_requests: int = 0
+    api_per_second: Counter[int] = field(default_factory=Counter)
     api_ok: int = 0
     api_unauthorized: Counter[str] = field(default_factory=Counter)
     api_resets: int = 0
@@ -460,6 +461,7 @@ class FaultyServer:
         counters = self._counters
         counters.api_requests += 1
         elapsed = self.elapsed()
+        counters.api_per_second[math.floor(elapsed)] += 1
         phase = self.schedule.phase_at(elapsed)
         self._maybe_revoke(elapsed)
 
@@ -528,6 +530,7 @@ class FaultyServer:
             "malformed": dict(counters.malformed),
             "retry_after_early": counters.retry_after_early,
             "api_requests": counters.api_requests,
+            "api_per_second": {str(second): n for second, n in counters.api_per_second.items()},
             "api_ok": counters.api_ok,
             "api_unauthorized": dict(counters.api_unauthorized),
             "api_resets": counters.api_resets,

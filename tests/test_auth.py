@@ -56,7 +56,7 @@ Handler = Callable[[httpx.Request, list[Call]], Awaitable[httpx.Response]]
 
 
 class Api(httpx.AsyncBaseTransport):
-    """A transport that records each request and answers through ``respond``.
+    """A transport that records each request and responds through ``respond``.
 
     It reads the body by iterating the request's stream, as a network transport does.
     httpx.MockTransport calls ``request.aread()`` instead, which swaps in a replayable
@@ -80,7 +80,7 @@ class Api(httpx.AsyncBaseTransport):
 
 
 def reject_token(value: str, **headers: str) -> Handler:
-    """Answer 401 to requests that carry ``Bearer value``, 200 to the others."""
+    """Return a handler that responds 401 to ``Bearer value`` and 200 to other requests."""
 
     async def respond(request: httpx.Request, calls: list[Call]) -> httpx.Response:
         if request.headers.get("authorization") == f"Bearer {value}":
@@ -144,7 +144,7 @@ async def test_fresh_token_one_fetch() -> None:
     assert {call.values("authorization")[0] for call in api.calls} == {f"Bearer {source.value(1)}"}
 
 
-# -- explicit headers (S41) ------------------------------------------------------------
+# -- explicit headers ------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -210,7 +210,7 @@ async def test_netrc_and_userinfo_never_override(
     assert api.calls[2].values("authorization") == ["Basic explicit"]
 
 
-# -- rejections (S08) ------------------------------------------------------------------
+# -- rejections ------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -379,7 +379,7 @@ async def test_refresh_error_after_rejection_raised() -> None:
     assert len(api.calls) == 1
 
 
-# -- bodies (S33, S34) -----------------------------------------------------------------
+# -- bodies ----------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -546,3 +546,28 @@ async def test_token_absent_from_logs_and_repr(caplog: pytest.LogCaptureFixture)
         assert SECRET_TAIL not in repr(record.args)
     assert SECRET_TAIL not in repr(auth)
     assert SECRET_TAIL not in str(auth.statistics())
+
+
+@pytest.mark.anyio
+async def test_public_header_path_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TokenAuth writes to httpx.Headers' internal list when its layout is the expected
+    # one; with that switched off, the public mapping methods give the same requests.
+    monkeypatch.setattr("tokenflight._httpx._RAW_HEADER_LIST", False)
+    api, source = Api(), CountingSource()
+    client, _ = make_client(api, source)
+    replacing, _ = make_client(api, source, replace_existing=True)
+    async with client, replacing:
+        await client.get("/")
+        await client.get("/", headers={"Authorization": "Basic explicit"})
+        await replacing.get("/", headers=[("Authorization", "a"), ("authorization", "b")])
+    assert [call.values("authorization") for call in api.calls] == [
+        [f"Bearer {source.value(1)}"],
+        ["Basic explicit"],
+        [f"Bearer {source.value(2)}"],
+    ]
+
+
+def test_raw_header_list_layout_detected() -> None:
+    from tokenflight._httpx import _header_list_layout_ok
+
+    assert _header_list_layout_ok()

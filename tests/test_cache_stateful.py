@@ -248,21 +248,23 @@ fetches = st.builds(
     retry_after=st.sampled_from([None, None, 2.0, 90.0]),
 )
 # What a source does once its script is used up: answer at once or a little later,
-# or keep failing in a way that is retried or one that is not.
+# keep failing in a way that is retried or one that is not, or never answer.
 defaults = st.sampled_from(
     [
         Fetch(0.0, "ok", lifetime=60.0),
         Fetch(0.0, "ok", lifetime=600.0),
         Fetch(1.0, "ok", lifetime=60.0),
         Fetch(0.25, "transient"),
+        Fetch(20.0, "transient"),
         Fetch(0.0, "other"),
+        Fetch(None, "ok"),
     ]
 )
 keys = st.sampled_from(KEYS)
 # Advances chosen to land before, inside and after the refresh-ahead window and the
 # margin of 60 s and 600 s tokens, and across timeouts and cooldowns.
 advances = st.sampled_from([0.0, 0.1, 1.0, 4.0, 15.0, 23.0, 31.0, 46.0, 61.0, 300.0, 600.0])
-gets = st.builds(Op, kind=st.just("get"), key=keys)
+gets = st.builds(Op, kind=st.sampled_from(["get", "get-settle"]), key=keys)
 ops = st.one_of(
     gets,
     gets,
@@ -359,12 +361,14 @@ async def run_program(
     async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
         for op in program:
             state = model.keys[op.key]
-            if op.kind in {"get", "get-deadline", "force"}:
+            if op.kind in {"get", "get-settle", "get-deadline", "force"}:
                 kind = "force" if op.kind == "force" else "get"
                 caller = Caller(kind, op.key, model.next_sequence())
                 callers.append(caller)
                 deadline = op.number if op.kind == "get-deadline" else None
                 task_group.start_soon(call, caller, deadline)
+                if op.kind == "get-settle":
+                    await wait_all_tasks_blocked()
             elif op.kind == "cancel" and callers:
                 callers[int(op.number) % len(callers)].scope.cancel()
             elif op.kind == "advance":
@@ -450,7 +454,7 @@ async def run_program(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    program=st.lists(ops, max_size=60),
+    program=st.lists(ops, min_size=10, max_size=60),
     entered=st.booleans(),
     scripts=st.fixed_dictionaries({key: st.lists(fetches, max_size=3) for key in KEYS}),
     default=defaults,

@@ -46,8 +46,8 @@ class Call:
 class Network(httpx.AsyncBaseTransport):
     """Several fake origins behind one transport.
 
-    ``redirects`` maps a full URL to the Location its server answers with (302 unless
-    ``status`` says otherwise); ``respond`` answers every other URL (200 by default).
+    ``redirects`` maps a full URL to the Location its server redirects to, with
+    ``status`` (302 by default). ``respond`` handles every other URL (200 by default).
     """
 
     redirects: dict[str, str] = field(default_factory=dict)
@@ -148,7 +148,7 @@ def test_bad_arguments_rejected(arguments: dict[str, object], match: str) -> Non
         AuthClient(CountingSource(), **arguments)  # type: ignore[arg-type]
 
 
-# -- redirects (S39, S40) --------------------------------------------------------------
+# -- redirects -------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
@@ -453,7 +453,26 @@ async def test_usable_without_async_with() -> None:
     assert network.calls[0].values("authorization") == [f"Bearer {source.value(1)}"]
 
 
-# -- re-entry (S30) --------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_owned_source_closed() -> None:
+    class ClosableSource(CountingSource):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    owned, shared = ClosableSource(), ClosableSource()
+    async with AuthClient(owned, base_url=API, transport=Network()) as client:
+        await client.get("/")
+    async with AuthClient(TokenCache(shared), base_url=API, transport=Network()) as client:
+        await client.get("/")
+    manual = AuthClient(owned, base_url=API, transport=Network())
+    await manual.aclose()
+    assert owned.closed == 2
+    assert shared.closed == 0
+
+
+# -- re-entry --------------------------------------------------------------------------
 
 
 @pytest.mark.anyio

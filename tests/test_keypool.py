@@ -7,7 +7,7 @@ import email.utils
 import logging
 import pickle
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 
 import anyio
 import anyio.lowlevel
@@ -27,11 +27,14 @@ from tokenflight import (
     RateLimitedError,
     RetryPolicy,
 )
-from tokenflight.testing import FakeClock
+from tokenflight.testing import FakeClock, wait_all_tasks_blocked
 
 URL = "https://api.example.com/v1/items"
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
 
 
 def client_for(auth: httpx.Auth, handler: Handler) -> httpx.AsyncClient:
@@ -253,9 +256,7 @@ async def test_reset_seconds_from_now() -> None:
 async def test_no_headers_backoff_and_floor() -> None:
     clock = FakeClock()
     pool = KeyPool(["A"], clock=clock, random=lambda: 0.0, min_cooldown=5.0)
-    responses = iter(
-        [httpx.Response(429), httpx.Response(429, headers={"Retry-After": "0"})]
-    )
+    responses = iter([httpx.Response(429), httpx.Response(429, headers={"Retry-After": "0"})])
 
     def handler(request: httpx.Request) -> httpx.Response:
         return next(responses, httpx.Response(200))
@@ -270,6 +271,29 @@ async def test_no_headers_backoff_and_floor() -> None:
             await client.get(URL)
         # "Retry-After: 0" would allow a tight loop; min_cooldown prevents it.
         assert second.value.retry_after == pytest.approx(5.0)
+
+
+@pytest.mark.anyio
+async def test_late_responses_never_raise_count() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["k1"], clock=clock, probe=False)
+    leases = [await pool.acquire() for _ in range(4)]
+    reset = int(clock.time()) + 60
+
+    def answer(remaining: int, reset_at: int) -> dict[str, str]:
+        return {"X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(reset_at)}
+
+    pool.report(leases[0], 200, answer(5, reset))
+    assert pool._capacity(clock.monotonic()) == 5 - 3
+    # A response the server sent earlier in the same window arrives late: ignored.
+    pool.report(leases[1], 200, answer(9, reset))
+    assert pool._capacity(clock.monotonic()) == 5 - 2
+    # A response from the next window may raise the count again.
+    pool.report(leases[2], 200, answer(40, reset + 60))
+    assert pool._capacity(clock.monotonic()) == 40 - 1
+    # A response from the window before, arriving after that, is stale.
+    pool.report(leases[3], 200, answer(30, reset))
+    assert pool._capacity(clock.monotonic()) == 40
 
 
 # -- quota buckets ---------------------------------------------------------------------------
@@ -330,7 +354,7 @@ async def test_concurrent_callers_no_stampede() -> None:
                 group.start_soon(call)
 
     assert statuses == [200] * 100
-    # One probe found P1 rate limited; nobody else touched P1, and its backoff grew once.
+    # One probe found P1 rate limited. No other request went to P1, and its backoff grew once.
     assert per_key["k1"] + per_key["k2"] == 1
     assert pool.statistics().rate_limited == 1
     # P2's quota was unknown, so one probe went first, alone.
@@ -476,7 +500,7 @@ async def test_every_key_removed() -> None:
     pool = KeyPool(["k1"], clock=FakeClock())
 
     async with client_for(KeyPoolAuth(pool), lambda request: httpx.Response(401)) as client:
-        with pytest.raises(NoUsableKeyError, match="KeyPool.add") as raised:
+        with pytest.raises(NoUsableKeyError, match=r"KeyPool\.add") as raised:
             await client.get(URL)
         assert isinstance(raised.value.response, httpx.Response)
         assert raised.value.response.status_code == 401
@@ -494,9 +518,7 @@ async def test_every_key_removed() -> None:
 @pytest.mark.anyio
 async def test_hmac_signer_rotates_keys() -> None:
     clock = FakeClock()
-    pool = KeyPool(
-        [Credentials("id-1", "secret-1"), Credentials("id-2", "secret-2")], clock=clock
-    )
+    pool = KeyPool([Credentials("id-1", "secret-1"), Credentials("id-2", "secret-2")], clock=clock)
     verifier = HmacVerifier({"id-1": "secret-1", "id-2": "secret-2"}, clock=clock)
     seen: list[str] = []
 
@@ -531,14 +553,53 @@ async def test_cancelled_request_releases_key() -> None:
         await clock.sleep(3600)
         return httpx.Response(200)
 
-    async with client_for(KeyPoolAuth(pool), handler) as client:
-        async with anyio.create_task_group() as group:
-            group.start_soon(client.get, URL)
-            await started.wait()
-            assert pool.statistics().in_flight == 1
-            group.cancel_scope.cancel()
+    async with client_for(KeyPoolAuth(pool), handler) as client, anyio.create_task_group() as group:
+        group.start_soon(client.get, URL)
+        await started.wait()
+        assert pool.statistics().in_flight == 1
+        group.cancel_scope.cancel()
 
     assert pool.statistics().in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_passes_wakeup() -> None:
+    pool = KeyPool(["k1", "k2"], clock=FakeClock())
+    held = await pool.acquire()  # k1's probe: others wait for its response
+    limited = await pool.acquire()
+    assert pool.report(limited, 429, {"Retry-After": "60"}) == "rate_limited"
+    # With k2 cooling down, waiters also wait for its cooldown to end, on a timer.
+    served: list[str] = []
+    first_in_line = anyio.CancelScope()
+
+    async def first() -> None:
+        with first_in_line:
+            lease = await pool.acquire()
+            try:
+                # Whether the cancellation lands in acquire() or here depends on the
+                # backend; either way the key must reach the second caller.
+                await anyio.lowlevel.checkpoint()
+                served.append("first")
+            finally:
+                pool.release(lease)
+
+    async def second() -> None:
+        lease = await pool.acquire()
+        served.append("second")
+        pool.release(lease)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            await wait_all_tasks_blocked()
+            group.start_soon(second)
+            await wait_all_tasks_blocked()
+            pool.release(held)  # room for one request: wakes the first in line
+            first_in_line.cancel()  # which is cancelled before it can take the key
+
+    assert served == ["second"]
+    assert pool.statistics().in_flight == 0
+    assert pool.statistics().waiting == 0
 
 
 def test_pool_reused_across_event_loops() -> None:
@@ -551,10 +612,12 @@ def test_pool_reused_across_event_loops() -> None:
     async def run() -> None:
         # With one request of quota at a time, the other callers wait on the pool's
         # event, which each event loop must create anew.
-        async with client_for(KeyPoolAuth(pool), handler) as client:
-            async with anyio.create_task_group() as group:
-                for _ in range(3):
-                    group.start_soon(client.get, URL)
+        async with (
+            client_for(KeyPoolAuth(pool), handler) as client,
+            anyio.create_task_group() as group,
+        ):
+            for _ in range(3):
+                group.start_soon(client.get, URL)
 
     asyncio.run(run())
     trio.run(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import anyio
@@ -35,7 +36,7 @@ async def test_concurrent_nonces_frozen_clock() -> None:
 
     assert len(set(issued)) == 1000
     assert issued == sorted(issued)
-    assert all(later > earlier for earlier, later in zip(issued, issued[1:], strict=False))
+    assert all(later > earlier for earlier, later in itertools.pairwise(issued))
 
 
 @pytest.mark.anyio
@@ -48,10 +49,13 @@ async def test_signed_requests_unique_nonces() -> None:
         nonces.append(int(request.headers["X-Nonce"]))
         return httpx.Response(200)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), auth=auth) as client:
-        async with anyio.create_task_group() as group:
-            for _ in range(1000):
-                group.start_soon(client.get, "https://api.example.com/")
+    transport = httpx.MockTransport(handler)
+    async with (
+        httpx.AsyncClient(transport=transport, auth=auth) as client,
+        anyio.create_task_group() as group,
+    ):
+        for _ in range(1000):
+            group.start_soon(client.get, "https://api.example.com/")
 
     assert len(set(nonces)) == 1000
 
@@ -64,7 +68,7 @@ def test_wall_clock_steps_back() -> None:
     after = [generator.next() for _ in range(3)]
 
     sequence = before + after
-    assert all(later > earlier for earlier, later in zip(sequence, sequence[1:], strict=False))
+    assert all(later > earlier for earlier, later in itertools.pairwise(sequence))
 
 
 def test_seeded_from_wall_clock() -> None:
@@ -144,11 +148,14 @@ async def _two_racing_requests(*, ordered: bool) -> tuple[list[int], list[str]]:
         statuses.append(response.status_code)
 
     transport = httpx.MockTransport(handler)
-    async with httpx.AsyncClient(transport=transport, auth=auth) as client, clock.autojump():
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, client)
-            await anyio.lowlevel.checkpoint()
-            group.start_soon(call, client)
+    async with (
+        httpx.AsyncClient(transport=transport, auth=auth) as client,
+        clock.autojump(),
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(call, client)
+        await anyio.lowlevel.checkpoint()
+        group.start_soon(call, client)
     return statuses, outcomes
 
 

@@ -162,7 +162,7 @@ def test_allows_exactly_allowed_origins(
 
 
 class Hops(httpx.AsyncBaseTransport):
-    """Answers ``/hop/<i>`` with a redirect to hop i + 1, and the last hop with 200.
+    """Redirects ``/hop/<i>`` to hop i + 1, and responds 200 to the last hop.
 
     It records the credential header each hop arrived with.
     """

@@ -149,9 +149,6 @@ def test_suite_header_form(name: str) -> None:
     assert signature.canonical_request == case.read("header-canonical-request.txt")
     assert signature.string_to_sign == case.read("header-string-to-sign.txt")
     assert signature.signature == case.read("header-signature.txt")
-    assert f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{signature.credential_scope}" in (
-        expected_authorization(case)
-    )
     assert expected_authorization(case) == (
         f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{signature.credential_scope}, "
         f"SignedHeaders={signature.signed_headers}, Signature={signature.signature}"
@@ -211,8 +208,8 @@ def _through_httpx(name: str) -> bool:
         # httpx removes dot segments from every URL, so an unnormalized path with
         # dot segments never reaches the wire as the suite writes it.
         return _wire_path(case.path) == case.path
-    # The suite writes a space or UTF-8 in the path unencoded; on the wire it is
-    # percent-encoded, which a non-S3 service then encodes a second time.
+    # The suite writes a space or UTF-8 in the path unencoded. On the wire it is
+    # percent-encoded, and a non-S3 service then encodes it a second time.
     return case.path.isascii() and " " not in case.path
 
 

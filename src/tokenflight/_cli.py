@@ -22,11 +22,14 @@ CLIENT_SECRET_ENV = "TOKENFLIGHT_CLIENT_SECRET"  # noqa: S105 - a variable name
 
 
 class UsageError(Exception):
-    """A bad option or combination of options; the message says what to change."""
+    """A bad option or combination of options; the message names what to change."""
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, without the usage block."""
+
+    # The subcommand parsers, by name, on the top-level parser.
+    commands: dict[str, argparse.ArgumentParser] | None = None
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -88,11 +91,11 @@ def _lifetime(text: str) -> float:
 
 
 _DEMO_DESCRIPTION = """\
-Start an OAuth2 token endpoint and a protected API on 127.0.0.1, send many concurrent
-requests to the API through one tokenflight.AuthClient while the tokens expire every few
-seconds, and print a summary: requests, successes, token fetches, fetches per token
-expiry, 401s, retries and latency. Halfway through, the API revokes every token once,
-to show that a burst of 401s causes one token fetch.
+Start an OAuth2 token endpoint and a protected API on 127.0.0.1. Then send many
+concurrent requests to the API through one tokenflight.AuthClient while the tokens
+expire every few seconds, and print a summary: requests, successes, token fetches,
+fetches per token expiry, 401s, retries and latency. Halfway through, the API revokes
+every token once, to show that a burst of 401s causes one token fetch.
 """
 
 _DEMO_EPILOG = f"""\
@@ -112,12 +115,14 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
+
     demo.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
         help="event loop to run on (default: asyncio)",
     )
+
     demo.add_argument(
         "--requests",
         type=_positive_int,
@@ -125,6 +130,7 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="requests to send in total (default: 10,000)",
     )
+
     demo.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -132,13 +138,15 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="tasks sending requests at the same time (default: 1,000)",
     )
+
     demo.add_argument(
         "--token-lifetime",
         type=_lifetime,
         default=None,
         metavar="SECONDS",
-        help="lifetime of the embedded endpoint's tokens, 1 to 86400 (default: 2)",
+        help="lifetime of the embedded endpoint's tokens, 1 to 86400 (default: 3)",
     )
+
     demo.add_argument(
         "--revoke-at",
         type=_non_negative_int,
@@ -146,11 +154,13 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="revoke every token once after N requests; 0 never (default: half of --requests)",
     )
+
     demo.add_argument(
         "--no-progress",
         action="store_true",
         help="do not draw the progress bar (it is drawn only on a terminal anyway)",
     )
+
     external = demo.add_argument_group("external token endpoint")
     external.add_argument("--token-url", metavar="URL", help="token endpoint to use instead")
     external.add_argument("--client-id", metavar="ID", help="client id at that endpoint")
@@ -162,6 +172,7 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     external.add_argument("--scope", metavar="SCOPE", help="scope to request, space-separated")
     external.add_argument("--client-secret", action=_RejectSecretOption, help=argparse.SUPPRESS)
+
     demo.set_defaults(run=_run_demo)
 
 
@@ -196,7 +207,7 @@ def _demo_options(args: argparse.Namespace) -> Any:
             backend=args.backend,
             requests=args.requests,
             concurrency=args.concurrency,
-            token_lifetime=2.0 if args.token_lifetime is None else args.token_lifetime,
+            token_lifetime=3.0 if args.token_lifetime is None else args.token_lifetime,
             revoke_at=args.revoke_at,
             progress=False if args.no_progress else None,
         )
@@ -268,7 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo(subcommands)
     register_tools(subcommands)
+    parser.commands = dict(subcommands.choices)
     return parser
+
+
+def _reject_extras(parser: argparse.ArgumentParser, extras: list[str]) -> NoReturn:
+    # Only option names are repeated back: a value may be a secret typed by mistake.
+    names = [item.split("=", 1)[0] for item in extras if item.startswith("-")]
+    others = len(extras) - len(names)
+    described = names + ([f"{others} value(s) that belong to no option"] if others else [])
+    parser.error(f"unrecognized arguments: {', '.join(described)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            commands = getattr(parser, "commands", None) or {}
+            _reject_extras(commands.get(args.command, parser), extras)
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
 

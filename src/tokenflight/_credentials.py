@@ -1,10 +1,10 @@
 """Signing credentials: a key id, its secret and an optional session token, read as one value.
 
-A request signer reads these three fields together. Reading them one at a time from a
-store that a refresh rewrites can mix two versions, so that a request goes out with the
-key id of one credential set and a signature made with the secret of the next. Every
-signer here therefore takes one immutable :class:`Credentials` per attempt and signs the
-whole attempt with it.
+A request signer reads these three fields together. Read one at a time from a store
+that a refresh rewrites, they can come from two versions: the request then carries the
+key id of one credential set and a signature made with the secret of the next. So every
+signer here takes one immutable :class:`Credentials` per attempt and signs the whole
+attempt with it.
 """
 
 from __future__ import annotations

@@ -144,7 +144,9 @@ class OAuth2Error(TokenflightError):
         self.error_description = error_description
         self.error_uri = error_uri
 
-    def __reduce__(self) -> tuple[type[OAuth2Error], tuple[int, str | None, str | None, str | None]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[OAuth2Error], tuple[int, str | None, str | None, str | None]]:
         # The message is built from the fields, so copies and pickles rebuild it from them.
         return (
             type(self),
@@ -163,9 +165,8 @@ class SigningError(TokenflightError):
 class SignatureVerificationError(TokenflightError):
     """A signed request failed verification on the receiving side.
 
-    The message names the check that failed, never the expected signature or the key.
-    Answer the sender with a generic 401 rather than this message if the sender is not
-    trusted to learn why.
+    The message names the check that failed, never the expected signature or a secret.
+    Respond to an untrusted sender with a generic 401 rather than this message.
 
     :param message: what failed, in words.
     :param reason: the check that failed: ``"missing_header"``, ``"malformed"``,

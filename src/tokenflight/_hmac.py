@@ -163,8 +163,8 @@ class HmacAuth(SigningAuth):
     """Sign every request, and every retry of it, with an HMAC over its content.
 
     Each attempt gets a new timestamp (integer Unix seconds from ``clock``) and a new
-    nonce (strictly increasing per key), and the body is hashed in full: a streamed body
-    is read into memory first, up to ``max_body_size`` bytes, or the request fails with
+    nonce (strictly increasing per key). The body is hashed in full, so a streamed body
+    is read into memory first, up to ``max_body_size`` bytes. A larger one fails with
     :class:`~tokenflight.SigningError` before anything is sent. The query string is
     re-encoded in canonical form, keeping its order, so both sides read the same bytes.
 
@@ -178,12 +178,13 @@ class HmacAuth(SigningAuth):
     :param nonces: the nonce generator. By default every signer of the process shares
         one sequence per key, seeded from each signer's ``clock``, so two signers of one
         key never issue the same nonce.
-    :param credentials_rejected: tells whether a response rejected the credentials
-        themselves; credentials from a TokenCache are then invalidated and the request
-        signed once more with fresh ones. By default any 401.
-    :param kwargs: ``key``, ``clock``, ``retry``, ``max_body_size``,
-        ``replace_existing``, ``ordered``, ``clock_skew`` and ``random``, as
-        :class:`SigningAuth` documents them.
+    :param credentials_rejected: returns whether a response rejected the credentials
+        themselves. Credentials from a TokenCache are then invalidated and the request
+        is signed once more with fresh ones. By default any 401 does.
+
+    :class:`SigningAuth` documents the other parameters: ``key``, ``clock``, ``retry``,
+    ``max_body_size``, ``replace_existing``, ``ordered``, ``clock_skew`` and ``random``.
+
     :raises ConfigurationError: for invalid settings.
     """
 
@@ -286,7 +287,7 @@ class HmacAuth(SigningAuth):
 
 @dataclass(frozen=True)
 class VerifiedRequest:
-    """What a successful verification established about a request.
+    """The facts a successful verification established about a request.
 
     :param key_id: the key id the request was signed with (``None`` for schemes that
         send none).
@@ -324,12 +325,18 @@ def _header_map(headers: HeadersInput) -> dict[str, str]:
 class HmacVerifier:
     """Verify requests signed with :class:`HmacAuth` (or by anyone following the scheme).
 
-    Checks, in this order: the headers are present and well formed; the key id is known;
-    the timestamp is within ``tolerance`` seconds of ``clock.time()``; the body hash
-    header matches the body, if the scheme sends one; the signature matches, compared in
-    constant time; the nonce was not seen before, and exceeds the key's last nonce when
-    ``increasing_nonces`` is set. Nonces are recorded only once the signature is valid,
-    so forged requests cannot fill the replay memory.
+    The checks, in this order:
+
+    1. the headers are present and well formed;
+    2. the key id is known;
+    3. the timestamp is within ``tolerance`` seconds of ``clock.time()``;
+    4. the body hash header matches the body, if the scheme sends one;
+    5. the signature matches, compared in constant time;
+    6. the nonce was not seen before, and exceeds the key's last nonce when
+       ``increasing_nonces`` is set.
+
+    Nonces are recorded only once the signature is valid, so forged requests cannot fill
+    the replay memory.
 
     A nonce is remembered until its timestamp leaves the tolerance window, after which
     the timestamp check rejects a replay anyway. When ``max_nonces`` are held, the

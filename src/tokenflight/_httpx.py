@@ -100,7 +100,7 @@ def _reports_invalid_token(response: httpx.Response, scheme: str | None) -> bool
 
 
 def _can_resend(request: httpx.Request) -> bool:
-    # httpx holds bytes, str, JSON and form bodies (and any body already read with
+    # httpx keeps bytes, str, JSON and form bodies (and any body already read with
     # aread()) in a ByteStream, which can be iterated again. Generators, file uploads and
     # multipart bodies are read as they are sent and may be gone after the first try.
     return isinstance(request.stream, httpx.ByteStream)
@@ -157,9 +157,10 @@ class TokenAuth(httpx.Auth):
     """An :class:`httpx.Auth` that puts a token from a :class:`TokenCache` on each request.
 
     For each request it takes the cache's token for ``key`` and sets the header
-    ``{header}: {scheme} {token}`` (``Authorization: Bearer …`` by default; with
-    ``scheme=None``, the bare token, as ``X-API-Key: …`` needs). Other headers are never
-    touched, and the header it sets replaces any copy, so exactly one reaches the wire.
+    ``{header}: {scheme} {token}``, which is ``Authorization: Bearer …`` by default.
+    With ``scheme=None`` the header carries the bare token, as ``X-API-Key: …`` needs.
+    Other headers are never touched, and the header it sets replaces any copy, so
+    exactly one reaches the wire.
 
     **Explicit headers.** When the request already carries ``header`` (set on the
     request, or among the client's default headers), that value is kept and no token is
@@ -208,10 +209,10 @@ class TokenAuth(httpx.Auth):
         scheme: str | None = "Bearer",
         replace_existing: bool = False,
     ) -> None:
-        given: object = cache  # checked at run time too: a token source is a common mix-up
-        if not isinstance(given, TokenCache):
+        candidate: object = cache  # checked at run time: a token source is a common mix-up
+        if not isinstance(candidate, TokenCache):
             message = (
-                f"TokenAuth needs a tokenflight.TokenCache, got {type(given).__name__}; "
+                f"TokenAuth needs a tokenflight.TokenCache, got {type(candidate).__name__}; "
                 "wrap a token source with TokenCache(source)"
             )
             raise ConfigurationError(message)
@@ -330,9 +331,9 @@ class TokenAuth(httpx.Auth):
             )
             self._attach(request, new_token, None)
             response = yield request
-            # A brand-new token that is rejected too points at something a refresh
-            # cannot fix (audience, scope, revoked client), so it stays cached and the
-            # response goes back as it is.
+            # A brand-new token that is rejected too usually points at something a
+            # refresh cannot fix (audience, scope, a disabled client). It stays cached,
+            # so a server that rejects every token costs one fetch per request, not two.
             status = response.status_code
             if status == 401 or (
                 400 <= status < 500 and _reports_invalid_token(response, self._scheme)
@@ -348,7 +349,7 @@ class TokenAuth(httpx.Auth):
         entries: list[tuple[bytes, bytes, bytes]] | None,
     ) -> None:
         # ``entries`` is the request's raw header list when the header is known to be
-        # absent from it; otherwise the header is set through the public mapping, which
+        # absent from it. Otherwise the header is set through the public mapping, which
         # also removes every copy already there.
         last = self._last
         if last is None or last[0] is not token:
@@ -363,9 +364,9 @@ class TokenAuth(httpx.Auth):
         self, request: httpx.Request, response: httpx.Response, *, attached: bool
     ) -> None:
         # With follow_redirects=False, httpx leaves the next hop in response.next_request
-        # with a copy of every header. A header this flow set is removed, so whoever sends
-        # that request (AuthClient, or the caller by hand) gets credentials only from a
-        # flow that checks the new URL. A header the caller set is kept only while the
+        # with a copy of every header. A header this flow set is removed, so that request,
+        # when AuthClient or the caller sends it, gets credentials only from a flow that
+        # checks the new URL. A header the caller set is kept only while the
         # origin stays the same, as httpx does for Authorization.
         next_request = response.next_request
         if next_request is None:
@@ -398,7 +399,7 @@ class AuthClient(httpx.AsyncClient):
     **Origins.** An origin is a scheme, host and port, with default ports equal to no
     port (``https://api.example.com`` is ``https://api.example.com:443``). By default the
     only allowed origin is that of ``base_url``. Redirects are followed one hop at a time,
-    and each hop gets credentials only if its own origin is allowed: a redirect to
+    and each hop gets credentials only if its own origin is allowed. So a redirect to
     another origin never carries the token, whatever the header is called, and a chain
     that comes back to an allowed origin gets a token there again.
 
@@ -553,7 +554,7 @@ class AuthClient(httpx.AsyncClient):
         while response.next_request is not None:
             next_request = response.next_request
             await _read_or_close(response)
-            # As in httpx, the history holds every earlier response: redirects, and any
+            # As in httpx, the history contains every earlier response: redirects, and any
             # 401 that the auth flow answered by sending a hop again.
             history = [*response.history, response]
             if len(history) > self.max_redirects:

@@ -3,15 +3,15 @@
 A :class:`KeyPool` lends one key per attempt and learns from each response:
 
 * 429 (or a 403 that carries ``Retry-After`` or ``X-RateLimit-Remaining: 0``) cools the
-  key's quota bucket down until ``Retry-After``, ``X-RateLimit-Reset`` or, without
-  either, a jittered backoff, never less than ``min_cooldown``; the next attempt takes a
-  key from another bucket at once;
+  key's quota bucket down until ``Retry-After`` or ``X-RateLimit-Reset``. Without
+  either, the cooldown is a jittered backoff, and it is never shorter than
+  ``min_cooldown``. The next attempt takes a key from another bucket at once;
 * ``X-RateLimit-Remaining`` on any response caps how many requests the bucket may have
   in flight, and 0 cools it down until the reset ahead of a 429;
 * 401 or 403 removes the key from the pool, with a warning that shows its fingerprint.
 
-The pool never lets a crowd onto a bucket it knows nothing about. A bucket is in one of
-these states::
+The pool never sends a crowd of requests to a bucket whose quota it has not seen. A
+bucket is in one of these states::
 
     state      when                                    requests admitted
     ---------  --------------------------------------  ----------------------------------
@@ -97,7 +97,7 @@ class KeyPoolStatistics:
     :param in_flight: attempts holding a key right now.
     :param waiting: callers waiting for a key right now.
     :param leases: keys lent so far.
-    :param rate_limited: rate-limit answers (429, or 403 with rate-limit headers) so far.
+    :param rate_limited: rate-limit responses (429, or 403 with rate-limit headers) so far.
     """
 
     keys: int
@@ -170,10 +170,10 @@ class KeyPool:
     :param clock: time source of cooldowns and waits.
     :param cooldown: cooldown of a bucket rate limited without ``Retry-After`` or a reset
         header, growing with each consecutive rate limit.
-    :param min_cooldown: shortest cooldown in seconds, even when the server says 0, so a
+    :param min_cooldown: shortest cooldown in seconds, even when the server sends 0, so a
         rate-limited bucket is never retried in a tight loop.
     :param probe: admit one request at a time to a bucket whose quota is unknown, until
-        a response tells the quota. Turn off only for APIs without rate-limit headers
+        a response reports the quota. Turn off only for APIs without rate-limit headers
         that tolerate bursts.
     :param random: function returning floats in [0, 1) for the cooldown jitter.
     :raises ConfigurationError: for an empty pool, an unknown strategy, a negative
@@ -250,7 +250,7 @@ class KeyPool:
     def add(self, key: str | Credentials | PoolKey) -> None:
         """Add a key to the pool; it is usable at once.
 
-        :raises ConfigurationError: when the pool holds the same secret already.
+        :raises ConfigurationError: when the pool already contains the same secret.
         """
         pool_key = key if isinstance(key, PoolKey) else PoolKey(key)
         credentials = _as_credentials(pool_key.credentials)
@@ -285,7 +285,7 @@ class KeyPool:
         (or the request fails and releases its key). Waiting for a cooldown to end is
         limited to ``max_wait`` seconds in total.
 
-        Cancellation: a cancelled caller stops waiting and holds no key.
+        Cancellation: a cancelled caller stops waiting and keeps no key.
 
         :param max_wait: the caller's budget, in seconds, for waiting out cooldowns.
         :raises RateLimitedError: when every usable bucket is cooling down for longer
@@ -323,6 +323,12 @@ class KeyPool:
             event = self._waiters[waiter] = anyio.Event()
             try:
                 await self._wait(event, wait)
+            except BaseException:
+                # A waiter cancelled after its wake-up must pass the wake-up on, or the
+                # capacity it was woken for could sit unused while others sleep.
+                if event.is_set():
+                    self._notify()
+                raise
             finally:
                 self._waiters.pop(waiter, None)
             if all_cooling:
@@ -437,8 +443,8 @@ class KeyPool:
             if bucket.state != "cooling":
                 bucket.state = "open"
             return
-        # Answers overtake each other, so within one window the smallest count is the
-        # newest. Only an answer from a later window (a later reset time) may raise it.
+        # Responses overtake each other, so within one window the smallest count is the
+        # newest. Only a response from a later window (a later reset time) may raise it.
         same_window = bucket.state == "counted"
         if reset is not None:
             window_end = wall + reset
@@ -472,8 +478,8 @@ class KeyPool:
 
     def _cool(self, bucket: _Bucket, generation: int, wait: float | None, now: float) -> None:
         if generation == bucket.generation:
-            # The first rate limit of this burst; later answers from requests admitted
-            # before it only extend the cooldown, they do not escalate the backoff.
+            # The first rate limit of this burst. Later responses to requests admitted
+            # before it only extend the cooldown and do not escalate the backoff.
             bucket.generation += 1
             bucket.failures += 1
         if wait is None:
@@ -575,8 +581,8 @@ class KeyPoolAuth(SigningAuth):
     """Send each request with an API key from a :class:`KeyPool` in a header.
 
     A rate-limited key hands the request to another key at once, without using up a
-    retry; a key answered 401 or 403 leaves the pool and the request tries one more
-    key. When every key is cooling down, the request waits for the earliest within
+    retry. A key rejected with 401 or 403 leaves the pool, and the request tries one
+    more key. When every key is cooling down, the request waits for the earliest within
     ``retry.max_wait`` or raises :class:`~tokenflight.RateLimitedError`.
 
     >>> pool = KeyPool(["key-a", "key-b"])

@@ -396,7 +396,7 @@ class RefreshTokenGrant(_GrantSource):
     def for_key(self, key: object) -> RefreshTokenGrant:
         """Return this grant adjusted to a cache key; the copy shares the refresh token.
 
-        Only the scope and resource of a :class:`TokenKey` apply to a refresh.
+        The key's scope, audience and resource are sent with the refresh request.
         """
         variant: RefreshTokenGrant = super().for_key(key)
         return variant

@@ -81,7 +81,7 @@ class AllowedOrigins:
     """The set of origins that may receive credentials.
 
     :meth:`allows` runs on every request, so it does one set lookup on the URL's parts
-    as httpx already holds them. httpx drops a scheme's default port while parsing
+    as httpx has already parsed them. httpx drops a scheme's default port while parsing
     (``https://host:443`` has ``port=None``); the set holds both spellings in case a
     URL still carries it.
 

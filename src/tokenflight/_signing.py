@@ -8,12 +8,12 @@ key) goes through the same steps in :class:`SigningAuth`:
 2. on the first attempt only, read the body into memory, with a size limit, so it can be
    hashed and sent again;
 3. reset the URL and headers to what the caller built, read the clock, and sign;
-4. send, and look at the answer: a rate-limited or rejected key rotates to another key
-   at once, a clock-skew rejection teaches the clock the server's offset, and a
+4. send, and inspect the response. A rate-limited or rejected key rotates to another
+   key at once. A clock-skew rejection teaches the clock the server's offset. A
    retryable status waits for its backoff. Every resend goes back to step 1, so no
    timestamp, nonce or signature is ever reused.
 
-This module also holds what those steps share: the body reader, the URI encoding of
+This module also contains what those steps share: the body reader, the URI encoding of
 canonical requests, and the parsing of ``Retry-After`` and rate-limit headers.
 """
 
@@ -71,7 +71,7 @@ _RETRY_BACKOFF = Backoff(initial=1.0, multiplier=2.0, maximum=60.0, jitter=0.5)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a signer retries an attempt that the server answered with a retryable status.
+    """How a signer retries an attempt whose response has a retryable status.
 
     A retry waits ``max(backoff delay, Retry-After)`` on the signer's clock and is then
     signed afresh. Rotating to another key of a :class:`~tokenflight.KeyPool` is not a
@@ -133,7 +133,7 @@ def _parse_seconds_or_date(value: str, now: float) -> float | None:
 
 
 def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Return the seconds a ``Retry-After`` header asks to wait, or ``None`` without one.
+    """Return the seconds a ``Retry-After`` header requests, or ``None`` without one.
 
     The header may give seconds or an HTTP date, which is compared with ``now`` (Unix
     seconds). A date in the past gives a negative number; an unparseable value ``None``.
@@ -328,7 +328,7 @@ class KeyLease:
 
 @runtime_checkable
 class KeyLender(Protocol):
-    """Lends credentials to one attempt and learns how the server answered it.
+    """Lends credentials to one attempt and learns from the server's response to it.
 
     :class:`~tokenflight.KeyPool` is the lender that rotates keys; the signers wrap a
     fixed :class:`Credentials`, a :class:`~tokenflight.TokenCache` or an async function
@@ -347,7 +347,7 @@ class KeyLender(Protocol):
     def report(
         self, lease: KeyLease, status: int, headers: Mapping[str, str], *, may_remove: bool = True
     ) -> Outcome:
-        """Settle ``lease`` with the response status and headers; say what happened."""
+        """Settle ``lease`` with the response status and headers; return the outcome."""
         ...
 
     def release(self, lease: KeyLease) -> None:
@@ -463,15 +463,19 @@ class SigningAuth(httpx.Auth):
     :param key: the cache key to ask a TokenCache for.
     :param clock: time source of signature timestamps and waits. Pass a clock that
         learns the server's offset (``ServerClock``) to sign with the server's time.
-    :param retry: retries of 429 and 503 answers; none by default.
+    :param retry: retries of 429 and 503 responses; none by default.
     :param max_body_size: largest streamed body read into memory for hashing, in bytes.
     :param replace_existing: sign a request even when the caller already set the
         signature header on it. By default such a request is sent as the caller built it.
     :param ordered: hold a lock per key from signing until the response arrives, so that
         requests of one key reach the server in the order of their nonces.
-    :param clock_skew: tells whether a response rejected the signature's timestamp. Such
-        a response teaches an offset-learning clock the server's time from its ``Date``
-        header, and the request is signed again once.
+    :param clock_skew: returns whether a response rejected the signature's timestamp.
+        Such a response teaches an offset-learning clock the server's time from its
+        ``Date`` header, and the request is signed again once.
+    :param credentials_rejected: returns whether a response rejected the credentials
+        themselves. Credentials from a TokenCache are then invalidated, and the request
+        is signed once more with fresh ones.
+    :param random: function returning floats in [0, 1) for the backoff jitter.
     """
 
     requires_request_body = False
@@ -697,7 +701,7 @@ class SigningAuth(httpx.Auth):
             flow.retries += 1
             flow.budget -= delay
             logger.info(
-                "request answered %d, signing it again after %.3f s: attempt=%d",
+                "request got HTTP %d, signing it again after %.3f s: attempt=%d",
                 status,
                 delay,
                 flow.retries + 1,
@@ -735,7 +739,7 @@ class SigningAuth(httpx.Auth):
 
 @dataclass
 class _FlowState:
-    """What one request has used up of its budgets."""
+    """The budgets one request has used so far."""
 
     budget: float
     rotation_limit: int

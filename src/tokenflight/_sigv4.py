@@ -126,8 +126,8 @@ def canonical_query_pairs(pairs: Iterable[tuple[str, str]]) -> str:
 def canonical_headers(headers: Iterable[tuple[str, str]]) -> tuple[str, str]:
     """Return the canonical headers block and the signed-headers list of ``headers``.
 
-    Names are lowercased and sorted; each value is trimmed with its whitespace runs
-    folded to one space; repeated headers are joined with ``,`` in their order.
+    Names are lowercased and sorted. Each value is trimmed, with its whitespace runs
+    folded to one space. Repeated headers are joined with ``,`` in their order.
     """
     grouped: dict[str, list[str]] = {}
     for name, value in headers:
@@ -283,7 +283,7 @@ class SigV4Auth(SigningAuth):
 
     Each attempt gets ``X-Amz-Date`` from ``clock`` (pass a ServerClock to sign with the
     server's time), the session token if the credentials carry one, and the
-    ``Authorization`` header; with ``presign=True`` the same go into the query string
+    ``Authorization`` header. With ``presign=True`` the same go into the query string
     instead, as for a presigned URL. The query string is re-encoded in canonical form,
     keeping its order.
 
@@ -312,16 +312,17 @@ class SigV4Auth(SigningAuth):
         but S3.
     :param sign_session_token: include the session token in the signature. A few
         services (IoT WebSocket URLs) want it added after signing: pass ``False``.
-    :param clock_skew: tells whether a response rejected the signing time; by default
+    :param clock_skew: returns whether a response rejected the signing time; by default
         the AWS codes ``RequestTimeTooSkewed``, ``RequestExpired``, ``RequestInTheFuture``
         and "Signature expired".
-    :param credentials_rejected: tells whether a response rejected the session token as
+    :param credentials_rejected: returns whether a response rejected the session token as
         expired (by default the codes ``ExpiredToken``, ``ExpiredTokenException`` and
-        ``TokenRefreshRequired``); credentials from a TokenCache are then invalidated
+        ``TokenRefreshRequired``). Credentials from a TokenCache are then invalidated
         and the request is signed once more.
-    :param kwargs: ``key``, ``clock``, ``retry``, ``max_body_size``,
-        ``replace_existing``, ``ordered`` and ``random``, as :class:`SigningAuth`
-        documents them.
+
+    :class:`SigningAuth` documents the other parameters: ``key``, ``clock``, ``retry``,
+    ``max_body_size``, ``replace_existing``, ``ordered`` and ``random``.
+
     :raises ConfigurationError: for an invalid region, service, expiry or mode.
     """
 
@@ -360,9 +361,9 @@ class SigV4Auth(SigningAuth):
             credentials_rejected=credentials_rejected,
             random=random,
         )
+
         self.region = _check_scope_part("region", region)
         self.service = _check_scope_part("service", service)
-        s3 = service == "s3"
         if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= 604800:
             msg = f"expires must be an int from 1 to 604800 seconds (7 days), got {expires!r}"
             raise ConfigurationError(msg)
@@ -372,6 +373,8 @@ class SigV4Auth(SigningAuth):
                 f"got {unsigned_payload!r}"
             )
             raise ConfigurationError(msg)
+
+        s3 = service == "s3"
         self.presign = presign
         self.expires = expires
         self.unsigned_payload = unsigned_payload

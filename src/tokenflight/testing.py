@@ -37,16 +37,33 @@ async def wait_all_tasks_blocked() -> None:
 # by priority (autojump last), then first come, first served.
 _asyncio_idle_waiters: dict[object, tuple[bool, int]] = {}
 _asyncio_idle_order = itertools.count()
+# Tasks inside wait_all_tasks_blocked() on trio, autojump aside.
+_trio_idle_waiters: set[object] = set()
 
 
 async def _wait_all_tasks_blocked(*, last: bool) -> None:
     if sniffio.current_async_library() == "trio":
+        import trio.lowlevel
         import trio.testing
 
-        # trio wakes the waiter with the smallest cushion first; autojump's tiny cushion
-        # (one microsecond of real idle time) lets every other waiter go before it.
-        await trio.testing.wait_all_tasks_blocked(cushion=1e-6 if last else 0.0)
-        return
+        if not last:
+            trio_task = trio.lowlevel.current_task()
+            _trio_idle_waiters.add(trio_task)
+            try:
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                _trio_idle_waiters.discard(trio_task)
+            return
+
+        # trio wakes one waiter at a time, the smallest cushion first and ties in no set
+        # order. Autojump waits with no cushion while nobody else waits; if it wins a tie
+        # anyway, it waits again with a cushion of a microsecond (a millisecond of real
+        # time, at the event loop's resolution), which lets the other waiters go first.
+        while True:
+            cushion = 1e-6 if _trio_idle_waiters else 0.0
+            await trio.testing.wait_all_tasks_blocked(cushion=cushion)
+            if not _trio_idle_waiters:
+                return
 
     import asyncio
 

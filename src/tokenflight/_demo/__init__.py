@@ -16,7 +16,7 @@ from typing import TextIO
 import anyio
 import httpx
 
-from .. import AuthClient, ClientCredentials, RefreshError, Token, TokenCache, TokenSource
+from .. import AuthClient, ClientCredentials, Token, TokenCache, TokenSource
 from ._load import LimitedTransport, ProgressBar, drive
 from ._servers import App, ProtectedApi, TokenEndpoint, TokenRegistry, serve
 from ._summary import DemoSummary, percentile
@@ -25,13 +25,20 @@ __all__ = ["DemoError", "DemoOptions", "DemoSummary", "missing_dependency", "run
 
 DEMO_EXTRA_HINT = "pip install 'tokenflight[demo]'"
 
-# Connections to the protected API. Each costs a file descriptor on both ends, and
-# macOS allows 256 per process by default.
-CONNECTIONS = 50
+# Connections to the protected API. httpcore's pool does work proportional to the
+# number of connections on every request, and both ends run in this one process, so a
+# few connections carry the load fastest.
+CONNECTIONS = 10
+
+# Requests inside the AuthClient at once. The other load tasks wait before their request
+# starts, so a token waits at most for this many requests on the connections before it
+# is sent. At 100 requests per second, a slow machine's pace, that is half a second,
+# within the margin the demo's cache keeps before a 3 s token expires.
+IN_FLIGHT = 50
 
 
 class DemoError(Exception):
-    """The demo could not run; the message says why and what to change."""
+    """The demo could not run; the message gives the reason and what to change."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class DemoOptions:
     backend: str = "asyncio"
     requests: int = 10_000
     concurrency: int = 1_000
-    token_lifetime: float = 2.0
+    token_lifetime: float = 3.0
     revoke_at: int | None = None
     token_url: str | None = None
     client_id: str | None = None
@@ -81,9 +88,11 @@ class _RecordingSource:
         self._source = source
         self._registry = registry
         self.lifetime: float | None = None
+        self.tokens = 0
 
     async def fetch(self) -> Token:
         token = await self._source.fetch()
+        self.tokens += 1
         lifetime = token.expires_in
         if lifetime is None and token.expires_at is not None:
             lifetime = token.expires_at - time.time()
@@ -95,19 +104,24 @@ class _RecordingSource:
 
 
 def _demo_cache(source: TokenSource, lifetime: float | None) -> TokenCache:
-    # A tenth of the lifetime as the margin before expiry and as the refresh-ahead
-    # window: with 2 s tokens, each token is used for 1.6 s to 1.8 s, so the run shows
-    # about one fetch per token lifetime. The library defaults suit tokens of minutes.
-    # The lifetime of an external endpoint's tokens is not known in advance.
-    margin = 1.0 if lifetime is None else lifetime / 10
-    return TokenCache(source, skew=margin, refresh_ahead=margin, timeout=10.0)
+    # The library's defaults (30 s of skew, 5 min of refresh ahead) suit tokens that
+    # live minutes or hours. For the demo's short tokens, a fifth of the lifetime is the
+    # margin (0.6 s for a 3 s token), which covers the time a request waits for a
+    # connection. A tenth is the refresh-ahead window, so a 3 s token is replaced
+    # after about 2.1 s.
+    # The lifetime of an external endpoint's tokens is not known in advance; 1 s each
+    # suits the few-second tokens a test server issues.
+    if lifetime is None:
+        return TokenCache(source, skew=1.0, refresh_ahead=1.0, timeout=10.0)
+    return TokenCache(source, skew=lifetime / 5, refresh_ahead=lifetime / 10, timeout=10.0)
 
 
 async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> DemoSummary:
     """Start the servers, send the load through an AuthClient, and return the summary.
 
     :param stream: where the progress bar goes; standard error by default.
-    :raises DemoError: when no token can be obtained before the load starts.
+    :raises DemoError: when not one token could be obtained, so every request failed.
+    :raises ConfigurationError: when the external token URL is not acceptable.
     :raises ImportError: when hypercorn is not installed.
     """
     stream = sys.stderr if stream is None else stream
@@ -158,24 +172,27 @@ async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> Dem
         )
         try:
             async with client:
-                try:
-                    await cache.get()
-                except RefreshError as error:
-                    cause = f" ({error.__cause__})" if error.__cause__ is not None else ""
-                    message = (
-                        f"could not get a token from {token_url}: "
-                        f"{type(error).__name__}: {error}{cause}"
-                    )
-                    raise DemoError(message) from None
+                revoked_at: int | None = None
 
                 def revoke_once(completed: int) -> None:
-                    if completed == revoke_at:
+                    # A token issued just before the revocation but still on its way to
+                    # the client would be revoked too, and a request retried with it
+                    # would get a second 401 and fail. So the revocation waits until no
+                    # refresh is in flight.
+                    nonlocal revoked_at
+                    if (
+                        revoked_at is None
+                        and completed >= revoke_at
+                        and cache.statistics().in_flight == 0
+                    ):
                         registry.revoke_all()
+                        revoked_at = completed
 
                 result = await drive(
                     client,
                     total=options.requests,
                     concurrency=options.concurrency,
+                    in_flight=min(options.concurrency, IN_FLIGHT),
                     progress=ProgressBar(options.requests, stream=stream, enabled=progress_enabled),
                     after_request=revoke_once if revoke_at > 0 else None,
                 )
@@ -185,17 +202,24 @@ async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> Dem
             await source.aclose()
 
     successes = sum(count for status, count in result.statuses.items() if 200 <= status < 300)
+    if fetches > 0 and recorder.tokens == 0 and result.first_errors:
+        # Not one token arrived, so every request failed the same way. One error line
+        # explains that better than a summary of failures.
+        name, message = next(iter(result.first_errors.items()))
+        problem = f"could not get a token from {token_url}: {name}: {message}"
+        raise DemoError(problem)
     return DemoSummary(
         backend=options.backend,
         requests=options.requests,
         concurrency=options.concurrency,
+        in_flight=min(options.concurrency, IN_FLIGHT),
         successes=successes,
         token_fetches=fetches,
         token_lifetime=recorder.lifetime,
         duration=result.duration,
         rejections=api.rejected,
         retries=retries,
-        revoked_at=revoke_at if 0 < revoke_at <= options.requests else None,
+        revoked_at=revoked_at,
         latency_p50=percentile(result.latencies, 0.50),
         latency_p99=percentile(result.latencies, 0.99),
         token_url=token_url,

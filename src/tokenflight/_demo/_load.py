@@ -23,7 +23,7 @@ class LimitedTransport(httpx.AsyncBaseTransport):
     request starts or ends, so 900 requests queued on 100 connections make each request
     cost milliseconds of CPU. Requests wait here instead, in an anyio semaphore, after
     the auth flow has run: all the load tasks still go through AuthClient at once. A
-    request holds its slot until its response is closed.
+    request keeps its slot until its response is closed.
 
     :param inner: the transport that sends the requests.
     :param semaphore: the slots; create it inside the event loop.
@@ -70,7 +70,7 @@ class _ReleasingStream(httpx.AsyncByteStream):
 
 @dataclass
 class LoadResult:
-    """What the load run saw, from the client's side.
+    """The counts and latencies of one load run, as the client saw them.
 
     :param statuses: how many responses had each status code.
     :param errors: how many requests raised each error class.
@@ -146,33 +146,38 @@ async def drive(
     *,
     total: int,
     concurrency: int,
+    in_flight: int,
     progress: ProgressBar,
     after_request: Callable[[int], None] | None = None,
 ) -> LoadResult:
     """Send ``total`` GET requests to ``/items/<n>`` from ``concurrency`` tasks.
 
-    Each task takes the next request number until all are taken, so at most
-    ``concurrency`` requests are in flight. ``after_request`` is called with the number
-    of requests completed so far, after each one.
+    Each task takes the next request number until all are taken. At most ``in_flight``
+    requests are inside the client at once. The other tasks wait for a slot before their
+    request starts, so that no token waits in a queue long enough to expire. Latency is
+    measured from the moment a request gets its slot. ``after_request`` is called with
+    the number of requests completed so far, after each one.
     """
     result = LoadResult()
     next_number = 0
+    slots = anyio.Semaphore(in_flight)
 
     async def worker() -> None:
         nonlocal next_number
         while next_number < total:
             number = next_number
             next_number += 1
-            sent = time.perf_counter()
-            try:
-                response = await client.get(f"/items/{number}")
-            except (httpx.HTTPError, TokenflightError) as error:
-                name = type(error).__name__
-                result.errors[name] += 1
-                result.first_errors.setdefault(name, str(error))
-            else:
-                result.statuses[response.status_code] += 1
-            result.latencies.append(time.perf_counter() - sent)
+            async with slots:
+                sent = time.perf_counter()
+                try:
+                    response = await client.get(f"/items/{number}")
+                except (httpx.HTTPError, TokenflightError) as error:
+                    name = type(error).__name__
+                    result.errors[name] += 1
+                    result.first_errors.setdefault(name, str(error))
+                else:
+                    result.statuses[response.status_code] += 1
+                result.latencies.append(time.perf_counter() - sent)
             progress.advance()
             if after_request is not None:
                 after_request(result.completed)

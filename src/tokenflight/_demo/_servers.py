@@ -3,7 +3,7 @@
 Both are plain ASGI applications served by hypercorn, which runs on asyncio and on trio,
 each on its own port of 127.0.0.1. The token endpoint implements the client credentials
 grant with HTTP Basic client authentication (RFC 6749 sections 2.3.1 and 4.4). The API
-accepts a bearer token only while the token registry says it is valid.
+accepts a bearer token only while the token registry lists it as valid.
 """
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class TokenEndpoint:
 
     The client authenticates with HTTP Basic, its id and secret form-encoded first as
     RFC 6749 section 2.3.1 requires. Each token is an opaque random string that lives
-    ``lifetime`` seconds; ``latency`` seconds of delay make concurrent refreshes overlap,
-    as they would against a real identity provider.
+    ``lifetime`` seconds. Each answer is delayed by ``latency`` seconds, so concurrent
+    refreshes would overlap, as they do against a real identity provider.
 
     :param registry: where issued tokens are recorded for the API to check.
     :param client_id: the one client this endpoint knows.

@@ -24,6 +24,7 @@ class DemoSummary:
     :param backend: the event loop, ``asyncio`` or ``trio``.
     :param requests: requests sent by the load tasks (retries not counted).
     :param concurrency: load tasks.
+    :param in_flight: requests inside the client at once, at most.
     :param successes: requests that ended with a 2xx response.
     :param token_fetches: calls to the token source, retries included.
     :param token_lifetime: lifetime of the tokens in seconds, if the endpoint gave one.
@@ -41,6 +42,7 @@ class DemoSummary:
     backend: str
     requests: int
     concurrency: int
+    in_flight: int
     successes: int
     token_fetches: int
     token_lifetime: float | None
@@ -84,7 +86,8 @@ class DemoSummary:
         lifetime = f"{self.token_lifetime:g} s" if self.token_lifetime else "not given"
         lines = [
             f"tokenflight demo on {self.backend}: {self.requests:,} requests from "
-            f"{self.concurrency:,} concurrent tasks through one AuthClient",
+            f"{self.concurrency:,} concurrent tasks through one AuthClient "
+            f"({self.in_flight:,} in flight at a time)",
             f"  token endpoint      {self.token_url} ({where}; token lifetime {lifetime})",
             f"  protected API       {self.api_url}",
             f"  requests            {self.requests:,} in {self.duration:.1f} s ({rate:,.0f}/s)",
@@ -103,8 +106,8 @@ class DemoSummary:
             )
         else:
             lines.append(
-                f"  fetches per expiry  {per_expiry:.2f} ({expiries:.1f} token lifetimes in "
-                f"the run; each one needs a fetch, however many tasks are waiting)"
+                f"  fetches per expiry  {per_expiry:.2f} ({self.token_fetches:,} fetches for "
+                f"{expiries:.1f} token lifetimes)"
             )
 
         revoked = ""
