@@ -479,13 +479,13 @@ class FaultyServer:
             counters.api_resets += 1
             return Reset()
 
-        reason = self._check_bearer(request.headers.get("authorization", ""))
+        reason, late = self._check_bearer(request.headers.get("authorization", ""))
         if reason is None:
             counters.api_ok += 1
             return Reply.text(200, "ok")
         counters.api_unauthorized[reason] += 1
         if len(self._unauthorized_events) < _MAX_EVENTS:
-            self._unauthorized_events.append((round(elapsed, 4), reason))
+            self._unauthorized_events.append((round(elapsed, 4), reason, round(late, 4)))
         if request_id and request_id not in self._attempts:
             self._attempts[request_id] = 1
         return Reply.text(
@@ -494,18 +494,21 @@ class FaultyServer:
             ("www-authenticate", f'Bearer error="invalid_token", error_description="{reason}"'),
         )
 
-    def _check_bearer(self, authorization: str) -> str | None:
+    def _check_bearer(self, authorization: str) -> tuple[str | None, float]:
+        """Return why the token is refused (``None`` if it is not) and, for an expired
+        token, how many seconds past its expiry it arrived."""
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value:
-            return "missing"
+            return "missing", 0.0
         issued = self._tokens.get(value)
         if issued is None:
-            return "unknown"
+            return "unknown", 0.0
         if issued.revoked:
-            return "revoked"
-        if self.clock.monotonic() > issued.expires_at + self.config.leeway:
-            return "expired"
-        return None
+            return "revoked", 0.0
+        late = self.clock.monotonic() - issued.expires_at
+        if late > self.config.leeway:
+            return "expired", late
+        return None, 0.0
 
     def _maybe_revoke(self, elapsed: float) -> None:
         if elapsed < self._next_revocation or not self._latest:

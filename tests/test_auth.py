@@ -11,6 +11,7 @@ import anyio
 import httpx
 import pytest
 
+from secret_guard import SecretGuard
 from tokenflight import (
     ConfigurationError,
     PermanentRefreshError,
@@ -531,9 +532,12 @@ def test_challenges_parsed(header: str, expected: list[tuple[str, dict[str, str]
 
 
 @pytest.mark.anyio
-async def test_token_absent_from_logs_and_repr(caplog: pytest.LogCaptureFixture) -> None:
+async def test_token_absent_from_logs_and_repr(
+    caplog: pytest.LogCaptureFixture, secret_guard: SecretGuard
+) -> None:
     caplog.set_level(logging.DEBUG)
     source = CountingSource()
+    secret_guard.register(source.value(1), source.value(2))
     api = Api(reject_token(source.value(1)))
     client, auth = make_client(api, source)
     async with client:

@@ -18,6 +18,7 @@ import cohere
 import pytest
 from cohere.core.request_options import RequestOptions
 
+from secret_guard import SecretGuard
 from tokenflight import AuthClient, Token
 from tokenflight._demo._servers import Receive, Scope, Send, serve
 
@@ -137,7 +138,8 @@ def max_retries(backend: str) -> int | None:
 
 
 @pytest.mark.anyio
-async def test_every_call_one_token(anyio_backend: str) -> None:
+async def test_every_call_one_token(anyio_backend: str, secret_guard: SecretGuard) -> None:
+    secret_guard.register(TOKEN, SDK_KEY)
     api, source = RecordingApi(), CountingSource()
     extra: RequestOptions = {"additional_headers": {"X-Request-Id": "req-42", "x-tenant": "acme"}}
     async with (

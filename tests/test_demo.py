@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from secret_guard import SecretGuard
+from servers.fixtures import OidcServer
 from tokenflight import ConfigurationError
 from tokenflight._cli import CLIENT_SECRET_ENV, _demo_options, build_parser, main
 from tokenflight._demo import DemoError, DemoOptions, run_demo
@@ -63,7 +65,8 @@ async def test_progress_bar_drawn(anyio_backend: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_external_endpoint_used(anyio_backend: str) -> None:
+async def test_external_endpoint_used(anyio_backend: str, secret_guard: SecretGuard) -> None:
+    secret_guard.register(SECRET)
     endpoint = TokenEndpoint(
         TokenRegistry(), client_id="external-client", client_secret=SECRET, lifetime=60.0
     )
@@ -88,7 +91,8 @@ async def test_external_endpoint_used(anyio_backend: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_wrong_secret_one_error(anyio_backend: str) -> None:
+async def test_wrong_secret_one_error(anyio_backend: str, secret_guard: SecretGuard) -> None:
+    secret_guard.register(SECRET, SECRET[::-1])
     endpoint = TokenEndpoint(
         TokenRegistry(), client_id="external-client", client_secret=SECRET, lifetime=60.0
     )
@@ -146,6 +150,49 @@ def test_console_script_runs() -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "successes           60 (100.0 %)" in completed.stdout
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_command_against_oidc_provider(
+    backend: str,
+    oidc_server: OidcServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = oidc_server.client("demo")
+    assert client.client_secret is not None
+    secret_file = tmp_path / "demo.secret"
+    secret_file.write_text(client.client_secret + "\n")
+    before = len(oidc_server.token_requests("demo"))
+
+    status = main(
+        [
+            "demo",
+            "--backend",
+            backend,
+            "--requests",
+            "200",
+            "--concurrency",
+            "40",
+            "--token-url",
+            oidc_server.token_url,
+            "--client-id",
+            "demo",
+            "--client-secret-file",
+            str(secret_file),
+            "--scope",
+            "read",
+            "--no-progress",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "successes           200 (100.0 %)" in out
+    assert f"token endpoint      {oidc_server.token_url} (external; token lifetime 5 s)" in out
+    fetches = int(out.split("token fetches")[1].split()[0])
+    assert len(oidc_server.token_requests("demo")) - before == fetches
+    assert client.client_secret not in out + err
 
 
 # -- options ---------------------------------------------------------------------------
@@ -298,6 +345,7 @@ def make_summary(**changes: object) -> DemoSummary:
         "successes": 10_000,
         "token_fetches": 9,
         "token_lifetime": 2.0,
+        "renewal_interval": 1.5,
         "duration": 12.0,
         "rejections": 100,
         "retries": 100,
@@ -317,19 +365,22 @@ def test_summary_lines() -> None:
     assert "tokenflight demo on trio: 10,000 requests from 1,000 concurrent tasks" in text
     assert "  successes           10,000 (100.0 %)" in text
     assert "  token fetches       9" in text
-    assert "  fetches per expiry  1.50 (9 fetches for 6.0 token lifetimes)" in text
     assert (
-        "  401s                100 (the API revoked every token once, after request 5,000)" in text
+        "  fetches per expiry  1.00 (9 fetches: the first, then 8.0 expiries of a token "
+        "renewed every 1.50 s)" in text
+    )
+    assert (
+        "  401s                100 (the API revoked the token in use after request 5,000)" in text
     )
     assert "  retries             100" in text
     assert "  latency             p50 41.0 ms, p99 152.3 ms" in text
 
 
 def test_summary_no_expiry() -> None:
-    summary = make_summary(duration=1.5, revoked_at=None)
+    summary = make_summary(duration=1.0, revoked_at=None)
     assert summary.fetches_per_expiry is None
     text = summary.format()
-    assert "fetches per expiry  n/a (no token expired: 1.5 s run, 2 s tokens)" in text
+    assert "fetches per expiry  n/a (no token expired: 1.0 s run, 2 s tokens)" in text
     assert "revoked" not in text
 
 

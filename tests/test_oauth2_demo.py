@@ -67,16 +67,11 @@ def test_demo_one_request_per_expiry(
     assert len(records) == fetches
     assert all(record["status"] == 200 for record in records)
 
-    timing = re.search(r"requests\s+[0-9,]+ in ([0-9.]+) s", summary)
-    assert timing is not None
-    duration = float(timing.group(1))
-    if duration < 5:
-        # A fast machine finished before the first token expired: one token served it all,
-        # plus at most the one renewed ahead of its expiry.
-        assert "n/a (no token expired" in summary
+    if "n/a (no token expired" in summary:
+        # A fast machine finished before the first renewal: one token served it all, plus
+        # at most the one renewed ahead of its expiry.
         assert fetches <= 2
         return
-    # Each token is renewed ahead of its expiry, so the demo fetches somewhat more often
-    # than once per lifetime. A fetch per caller would give 20 or more per expiry.
+    # One fetch per expiry is single flight; a fetch per caller would give 20 or more.
     per_expiry = summary_number(summary, "fetches per expiry")
-    assert 0.5 <= per_expiry < 2.0
+    assert 0.5 <= per_expiry <= 1.5

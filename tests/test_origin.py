@@ -139,6 +139,7 @@ def test_allowed_origins_contains() -> None:
     assert "http://localhost:8000/" in allowed
     assert "http://api.example.com/" not in allowed
     assert 42 not in allowed
+    assert "https://api.example.com/x" in AllowedOrigins("https://api.example.com")
     assert "https://api.example.com" in repr(allowed)
 
 

@@ -220,6 +220,7 @@ class TokenCache:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._task_group: TaskGroup | None = None
         self._skew_warned = False
+        self._short_lifetime_warned = False
         self._expired_warned = False
         self._hits = 0
         self._misses = 0
@@ -234,6 +235,11 @@ class TokenCache:
     def clock(self) -> Clock:
         """The clock this cache reads."""
         return self._clock
+
+    @property
+    def entered(self) -> bool:
+        """Whether the cache is inside ``async with``, running refreshes in its own tasks."""
+        return self._task_group is not None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -251,16 +257,10 @@ class TokenCache:
         exc_type: type[BaseException] | None,
         exc_value: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose(exc_type, exc_value, traceback)
-        return None
-
-    async def aclose(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
     ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
         """Cancel the refreshes the cache is running and wait until they have stopped.
 
         Cached tokens stay: the cache can be entered again, in this event loop or another.
@@ -597,21 +597,23 @@ class TokenCache:
             expiry = math.inf
 
         lifetime = expiry - sent_at
-        if lifetime < MINIMUM_LIFETIME:
-            # Warned once per cache: a server that always sends such tokens would otherwise
-            # log a warning per refresh, about once a second.
-            level = logging.DEBUG if self._expired_warned else logging.WARNING
-            self._expired_warned = True
+        if expiry - now < MINIMUM_LIFETIME:
+            # Expired on arrival, or nearly: a wrong clock, a slow endpoint or a server bug.
+            # Keeping it for the minimum lifetime avoids a fetch per call.
+            level = logging.DEBUG if self._short_lifetime_warned else logging.WARNING
+            self._short_lifetime_warned = True
             logger.log(
                 level,
-                "token arrived with %.1f s of life; keeping it for %.0f s: key=%r fingerprint=%s",
-                lifetime,
+                "token arrived with %.1f s of life left; keeping it for %.0f s: "
+                "key=%r fingerprint=%s",
+                expiry - now,
                 MINIMUM_LIFETIME,
                 entry.key,
                 token.fingerprint,
             )
             expiry = now + MINIMUM_LIFETIME
-            lifetime = expiry - sent_at
+            lifetime = MINIMUM_LIFETIME
+            sent_at = now
         elif lifetime <= policy.skew and not self._skew_warned:
             self._skew_warned = True
             logger.warning(

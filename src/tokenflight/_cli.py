@@ -95,7 +95,7 @@ Start an OAuth2 token endpoint and a protected API on 127.0.0.1. Then send many
 concurrent requests to the API through one tokenflight.AuthClient while the tokens
 expire every few seconds, and print a summary: requests, successes, token fetches,
 fetches per token expiry, 401s, retries and latency. Halfway through, the API revokes
-every token once, to show that a burst of 401s causes one token fetch.
+the token in use, to show that a burst of 401s causes one token fetch.
 """
 
 _DEMO_EPILOG = f"""\
@@ -152,7 +152,7 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_non_negative_int,
         default=None,
         metavar="N",
-        help="revoke every token once after N requests; 0 never (default: half of --requests)",
+        help="revoke the token in use after N requests; 0 never (default: half of --requests)",
     )
 
     demo.add_argument(

@@ -404,7 +404,7 @@ class AuthClient(httpx.AsyncClient):
     that comes back to an allowed origin gets a token there again.
 
     **Lifetime.** ``async with AuthClient(...)`` also enters the cache (unless it is
-    entered already), so its background refreshes run in the cache's task group; leaving
+    entered already), so its background refreshes run in the cache's task group. Leaving
     the block cancels them and then closes the connections. A client built from a token
     source (not from a cache) owns that source as well: leaving the block, or
     :meth:`aclose`, calls the source's ``aclose()`` if it has one, which closes the HTTP
@@ -488,7 +488,7 @@ class AuthClient(httpx.AsyncClient):
         cache = self._token_auth.cache
         # A cache shared with another client may be entered already; then that client owns
         # its background work, and this one only uses it.
-        if getattr(cache, "_task_group", None) is None:
+        if not cache.entered:
             try:
                 await cache.__aenter__()
             except BaseException:
@@ -555,7 +555,7 @@ class AuthClient(httpx.AsyncClient):
             next_request = response.next_request
             await _read_or_close(response)
             # As in httpx, the history contains every earlier response: redirects, and any
-            # 401 that the auth flow answered by sending a hop again.
+            # 401 after which the auth flow sent a hop again.
             history = [*response.history, response]
             if len(history) > self.max_redirects:
                 message = "Exceeded maximum allowed redirects."

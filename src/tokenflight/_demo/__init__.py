@@ -49,8 +49,8 @@ class DemoOptions:
     :param requests: requests to send in total.
     :param concurrency: tasks sending them.
     :param token_lifetime: lifetime of the embedded endpoint's tokens, in seconds.
-    :param revoke_at: after this many requests, the API revokes every token once (0:
-        never; ``None``: after half of them).
+    :param revoke_at: after this many requests, the API revokes the token in use once
+        (0: never; ``None``: after half of them).
     :param token_url: an external token endpoint to use instead of the embedded one.
     :param client_id: the client id at the external endpoint.
     :param client_secret: the client secret at the external endpoint.
@@ -116,6 +116,16 @@ def _demo_cache(source: TokenSource, lifetime: float | None) -> TokenCache:
     return TokenCache(source, skew=lifetime / 5, refresh_ahead=lifetime / 10, timeout=10.0)
 
 
+def _renewal_interval(cache: TokenCache, lifetime: float | None) -> float | None:
+    # When the cache renews a token of this lifetime, by the same policy functions the
+    # cache applies, with the jitter at its mean.
+    if not lifetime:
+        return None
+    policy = cache.policy
+    usable = lifetime - policy.margin(lifetime)
+    return usable - policy.refresh_window(usable, lambda: 0.5)
+
+
 async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> DemoSummary:
     """Start the servers, send the load through an AuthClient, and return the summary.
 
@@ -175,17 +185,15 @@ async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> Dem
                 revoked_at: int | None = None
 
                 def revoke_once(completed: int) -> None:
-                    # A token issued just before the revocation but still on its way to
-                    # the client would be revoked too, and a request retried with it
-                    # would get a second 401 and fail. So the revocation waits until no
-                    # refresh is in flight.
+                    # The API revokes the token the cache serves now. Requests that carry
+                    # it get a 401 and are retried with the next token, which the API
+                    # accepts. Older tokens still in flight stay valid until they expire.
                     nonlocal revoked_at
-                    if (
-                        revoked_at is None
-                        and completed >= revoke_at
-                        and cache.statistics().in_flight == 0
-                    ):
-                        registry.revoke_all()
+                    if revoked_at is not None or completed < revoke_at:
+                        return
+                    current = cache.peek()
+                    if current is not None:
+                        registry.revoke(current.value)
                         revoked_at = completed
 
                 result = await drive(
@@ -216,6 +224,7 @@ async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> Dem
         successes=successes,
         token_fetches=fetches,
         token_lifetime=recorder.lifetime,
+        renewal_interval=_renewal_interval(cache, recorder.lifetime),
         duration=result.duration,
         rejections=api.rejected,
         retries=retries,

@@ -47,31 +47,26 @@ class TokenRegistry:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tokens: dict[str, tuple[float, float]] = {}
-        self._revoked_before = -math.inf
+        self._tokens: dict[str, float] = {}
         self.issued = 0
 
     def add(self, value: str, lifetime: float | None) -> None:
         """Accept ``value`` for ``lifetime`` seconds from now (``None``: until revoked)."""
         now = self._clock()
-        expires_at = math.inf if lifetime is None else now + lifetime
-        self._tokens[value] = (now, expires_at)
+        self._tokens[value] = math.inf if lifetime is None else now + lifetime
         self.issued += 1
-        # Forget tokens long expired, so a long run does not grow the table without bound.
+        # Forget expired tokens, so a long run does not grow the table without bound.
         if len(self._tokens) > 1024:
-            self._tokens = {key: times for key, times in self._tokens.items() if times[1] > now}
+            self._tokens = {key: end for key, end in self._tokens.items() if end > now}
 
     def accepts(self, value: str) -> bool:
         """Return whether ``value`` is a known token, not expired and not revoked."""
-        times = self._tokens.get(value)
-        if times is None:
-            return False
-        issued_at, expires_at = times
-        return issued_at >= self._revoked_before and self._clock() < expires_at
+        expires_at = self._tokens.get(value)
+        return expires_at is not None and self._clock() < expires_at
 
-    def revoke_all(self) -> None:
-        """Reject every token issued until now, as a key rotation on the server would."""
-        self._revoked_before = self._clock()
+    def revoke(self, value: str) -> None:
+        """Reject ``value`` from now on, as a token revocation (RFC 7009) would."""
+        self._tokens.pop(value, None)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -134,7 +129,7 @@ class TokenEndpoint:
 
     The client authenticates with HTTP Basic, its id and secret form-encoded first as
     RFC 6749 section 2.3.1 requires. Each token is an opaque random string that lives
-    ``lifetime`` seconds. Each answer is delayed by ``latency`` seconds, so concurrent
+    ``lifetime`` seconds. Each response is delayed by ``latency`` seconds, so concurrent
     refreshes would overlap, as they do against a real identity provider.
 
     :param registry: where issued tokens are recorded for the API to check.

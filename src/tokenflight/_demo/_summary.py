@@ -28,10 +28,14 @@ class DemoSummary:
     :param successes: requests that ended with a 2xx response.
     :param token_fetches: calls to the token source, retries included.
     :param token_lifetime: lifetime of the tokens in seconds, if the endpoint gave one.
+    :param renewal_interval: seconds the cache serves one token before it renews it,
+        ahead of the expiry, by its own policy (the mean of the jitter); ``None`` when the
+        tokens carried no lifetime.
     :param duration: seconds the load took.
     :param rejections: 401 responses the protected API sent.
     :param retries: requests that TokenAuth sent again with a new token after a 401.
-    :param revoked_at: the request count at which the API revoked every token, if it did.
+    :param revoked_at: the request count at which the API revoked the token in use, if
+        it did.
     :param latencies: p50 and p99 latency in seconds.
     :param statuses: responses other than 2xx, by status code.
     :param errors: requests that raised, by error class, with the first message.
@@ -46,6 +50,7 @@ class DemoSummary:
     successes: int
     token_fetches: int
     token_lifetime: float | None
+    renewal_interval: float | None
     duration: float
     rejections: int
     retries: int
@@ -65,18 +70,27 @@ class DemoSummary:
 
     @property
     def expiries(self) -> float | None:
-        """Token lifetimes that fit in the run: how often a token had to be replaced."""
-        if not self.token_lifetime:
+        """How many times the run needed a new token after the first one.
+
+        A token is renewed once its renewal interval has passed, a little before it
+        expires, so this is the run time divided by that interval.
+        """
+        if not self.renewal_interval:
             return None
-        return self.duration / self.token_lifetime
+        return self.duration / self.renewal_interval
 
     @property
     def fetches_per_expiry(self) -> float | None:
-        """Token fetches per token lifetime; ``None`` when no token expired in the run."""
+        """Token fetches after the first, per expiry: 1.0 is single flight.
+
+        The first fetch serves the start of the run; after that, each expiry needs one
+        fetch, plus one for a token the API revoked. A fetch per waiting task would show
+        here as tens or hundreds. ``None`` when no token expired during the run.
+        """
         expiries = self.expiries
         if expiries is None or expiries < 1:
             return None
-        return self.token_fetches / expiries
+        return max(self.token_fetches - 1, 0) / expiries
 
     def format(self) -> str:
         """Return the summary as the lines the command prints."""
@@ -106,13 +120,14 @@ class DemoSummary:
             )
         else:
             lines.append(
-                f"  fetches per expiry  {per_expiry:.2f} ({self.token_fetches:,} fetches for "
-                f"{expiries:.1f} token lifetimes)"
+                f"  fetches per expiry  {per_expiry:.2f} ({self.token_fetches:,} fetches: the "
+                f"first, then {expiries:.1f} expiries of a token renewed every "
+                f"{self.renewal_interval:.2f} s)"
             )
 
         revoked = ""
         if self.revoked_at is not None:
-            revoked = f" (the API revoked every token once, after request {self.revoked_at:,})"
+            revoked = f" (the API revoked the token in use after request {self.revoked_at:,})"
         lines.append(f"  401s                {self.rejections:,}{revoked}")
         lines.append(f"  retries             {self.retries:,}")
         lines.append(
