@@ -189,7 +189,11 @@ async def test_redirect_same_origin_keeps_token() -> None:
 async def test_redirect_scheme_or_port_change_drops_token(start: str, target: str) -> None:
     network, source = Network(redirects={start: target}), CountingSource()
     async with AuthClient(
-        source, base_url=start, transport=network, follow_redirects=True
+        source,
+        base_url=start,
+        transport=network,
+        follow_redirects=True,
+        unsafe_allow_http=start.startswith("http://"),
     ) as client:
         await client.get(start)
     assert len(network.calls[0].values("authorization")) == 1
@@ -544,3 +548,27 @@ def test_repr_has_no_secret() -> None:
     client = AuthClient(CountingSource(), base_url=API)
     assert "https://api.example.com" in repr(client)
     assert SECRET_TAIL not in repr(client)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://api.example.com", "http://10.0.0.7:8080", "HTTP://Api.Example.com."],
+)
+def test_plain_http_origin_rejected(origin: str) -> None:
+    with pytest.raises(ConfigurationError, match="plain http://"):
+        AuthClient(CountingSource(), base_url=origin)
+    with pytest.raises(ConfigurationError, match="unsafe_allow_http=True"):
+        AuthClient(CountingSource(), allowed_origins=[origin])
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://127.0.0.1:8000", "http://localhost", "http://[::1]:9000", "http://127.5.0.1"]
+)
+def test_plain_http_loopback_allowed(origin: str) -> None:
+    client = AuthClient(CountingSource(), base_url=origin)
+    assert len(client.allowed_origins) == 1
+
+
+def test_plain_http_allowed_when_unsafe() -> None:
+    client = AuthClient(CountingSource(), base_url="http://api.example.com", unsafe_allow_http=True)
+    assert [str(origin) for origin in client.allowed_origins] == ["http://api.example.com"]

@@ -218,6 +218,7 @@ async def test_redirect_chain_credentials_only_where_allowed(
         scheme=None,
         transport=transport,
         follow_redirects=True,
+        unsafe_allow_http=True,  # the generated origins include plain http:// ones
     )
     async with client:
         response = await client.get(urls[0])

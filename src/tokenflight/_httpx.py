@@ -23,6 +23,7 @@ import httpx
 
 from ._cache import TokenCache
 from ._errors import ConfigurationError
+from ._oauth2_http import is_loopback
 from ._origin import AllowedOrigins, Origin, origin_of, same_origin
 from ._source import TokenSource
 from ._token import Token
@@ -419,9 +420,13 @@ class AuthClient(httpx.AsyncClient):
     :param header: the header field to set, as for :class:`TokenAuth`.
     :param scheme: the scheme before the token, or ``None`` for the token alone.
     :param replace_existing: replace a ``header`` the request already carries.
+    :param unsafe_allow_http: allow credentials on plain ``http://`` origins other than
+        loopback (``localhost``, 127.0.0.0/8, ``::1``), where they travel unencrypted.
     :param kwargs: any other :class:`httpx.AsyncClient` argument except ``auth``.
     :raises ConfigurationError: when ``auth`` is passed, when there is neither
-        ``base_url`` nor ``allowed_origins``, or when an origin is not an absolute URL.
+        ``base_url`` nor ``allowed_origins``, when an origin is not an absolute URL, or
+        when an origin is plain ``http://`` to a host other than loopback and
+        ``unsafe_allow_http`` is not set.
     """
 
     def __init__(
@@ -433,6 +438,7 @@ class AuthClient(httpx.AsyncClient):
         header: str = "Authorization",
         scheme: str | None = "Bearer",
         replace_existing: bool = False,
+        unsafe_allow_http: bool = False,
         **kwargs: Any,
     ) -> None:
         if "auth" in kwargs:
@@ -456,6 +462,14 @@ class AuthClient(httpx.AsyncClient):
                 raise ConfigurationError(message)
             allowed_origins = [base_url]
         origins = AllowedOrigins(allowed_origins)
+        for origin in origins.origins:
+            if origin.scheme == "http" and not unsafe_allow_http and not is_loopback(origin.host):
+                message = (
+                    f"AuthClient would send credentials over plain http:// to {origin}, where "
+                    "anyone on the path can read them; use https://, or pass "
+                    "unsafe_allow_http=True if the network is trusted"
+                )
+                raise ConfigurationError(message)
         auth = TokenAuth(
             cache, key=key, header=header, scheme=scheme, replace_existing=replace_existing
         )

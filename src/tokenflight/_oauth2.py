@@ -255,8 +255,10 @@ class ClientAuthentication:
         if method == "client_secret_basic" and self._secret is not None:
             # RFC 6749 section 2.3.1: the id and secret are form-encoded, then joined.
             pair = f"{_form_encode(client_id)}:{_form_encode(self._secret)}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-            return (self._secret,)
+            credentials = base64.b64encode(pair.encode()).decode()
+            headers["Authorization"] = "Basic " + credentials
+            # A server that echoes the request echoes the header, not the secret itself.
+            return (self._secret, credentials)
         if method == "client_secret_post" and self._secret is not None:
             form += [("client_id", client_id), ("client_secret", self._secret)]
             return (self._secret,)

@@ -152,7 +152,7 @@ def parse_token_response(
     """
     header_map = _lower_keys(headers)
     where = _describe_endpoint(endpoint)
-    secrets = tuple(secret for secret in redact if secret)
+    secrets = _secret_spellings(redact)
 
     if 300 <= status_code < 400:
         location = _strip_query(header_map.get("location", ""))
@@ -392,7 +392,7 @@ def _raise_error_response(
     grant_type: str | None,
     where: str,
     signed_assertion: bool,
-    secrets: tuple[str, ...],
+    secrets: tuple[re.Pattern[str], ...],
     now: float | None,
     *,
     body_note: str | None = None,
@@ -454,13 +454,31 @@ def _mentions_time(description: str | None) -> bool:
     return description is not None and looks_like_clock_skew(description)
 
 
-def _clean_text(value: object, secrets: tuple[str, ...], *, limit: int) -> str | None:
+def _secret_spellings(redact: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Return patterns for each secret as sent and as a server may echo it back.
+
+    A server that quotes the request in its error text quotes the form-encoded body
+    (``quote_plus``) or a URL (``quote``), with either case of percent escapes.
+    """
+    patterns: list[re.Pattern[str]] = []
+    for secret in redact:
+        if not secret:
+            continue
+        spellings = {secret, urllib.parse.quote_plus(secret), urllib.parse.quote(secret, safe="")}
+        alternatives = "|".join(
+            re.escape(spelling) for spelling in sorted(spellings, key=len)[::-1]
+        )
+        patterns.append(re.compile(alternatives, re.IGNORECASE))
+    return tuple(patterns)
+
+
+def _clean_text(value: object, secrets: tuple[re.Pattern[str], ...], *, limit: int) -> str | None:
     """Return server-supplied text safe for a message: printable, short, secrets removed."""
     if not isinstance(value, str):
         return None
     text: str = value
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = secret.sub("***", text)
     text = "".join(char if char.isprintable() else " " for char in text).strip()
     if len(text) > limit:
         text = text[: limit - 3] + "..."
