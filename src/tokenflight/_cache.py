@@ -682,11 +682,11 @@ class TokenCache:
         level = logging.INFO if still_usable and entry.failures > 1 else logging.WARNING
         logger.log(
             level,
-            "refresh failed: key=%r error=%s failures=%d next_attempt_in=%.1fs%s",
+            "refresh failed: key=%r error=%s failures=%d next_attempt=%s%s",
             entry.key,
             type(refresh_error).__name__,
             entry.failures,
-            entry.retry_at - now,
+            "after reset()" if math.isinf(entry.retry_at) else f"in {entry.retry_at - now:.1f}s",
             "; still serving the current token" if still_usable else "",
         )
         self._emit(
