@@ -17,7 +17,7 @@ import anyio
 from ._burst import format_counts
 from ._harness import LoopbackServer, Profile, collect_garbage, loopback_server, open_pool
 from ._results import Goal, GroupResult, Table
-from ._stats import summarize
+from ._stats import describe_counts, summarize
 from ._variants import (
     AUTHLIB,
     HTTPX_AUTH,
@@ -172,9 +172,8 @@ def run(profile: Profile) -> GroupResult:
         Goal(
             "A cancelled caller neither repeats the token request nor fails other callers "
             "(AuthClient)",
-            "token requests per round: "
-            + ", ".join(str(count) for count in tokenflight_counts)
-            + f"; other callers failed: {tokenflight_failures}",
+            f"token requests: {describe_counts(tokenflight_counts)}; other callers failed: "
+            f"{tokenflight_failures}",
             set(tokenflight_counts) == {1} and tokenflight_failures == 0,
         )
     )

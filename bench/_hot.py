@@ -241,14 +241,18 @@ def run(profile: Profile) -> GroupResult:
         if name not in (AUTHLIB.name, HTTPX_AUTH.name):
             continue
         ours = summaries[(label, backend, workers, TOKENFLIGHT_AUTH_CLIENT.name)]
-        where = f"{label}, {backend}, {workers} workers, against {name}"
+        where = f"{label}, {backend}, {workers} worker(s), against {name}"
         if ours.maximum < peer.minimum:
             behind.append(where)
         elif ours.median < peer.median:
             lower.append(where)
-    verdict = "; ".join(behind) if behind else "never clearly behind"
+    comparisons = sum(1 for key in summaries if key[3] in (AUTHLIB.name, HTTPX_AUTH.name))
+    verdict = "clearly behind in: " + "; ".join(behind) if behind else "never clearly behind"
     if lower:
-        verdict += "; lower median within overlapping ranges: " + "; ".join(lower)
+        verdict += (
+            f"; a lower median in {len(lower)} of {comparisons} comparisons, each within "
+            "overlapping ranges"
+        )
     result.goals += [
         Goal(
             "Hot path at least 0.97 of the static-header baseline in-process (AuthClient, "

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "format_ratio", "summarize"]
+__all__ = ["Summary", "describe_counts", "format_ratio", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,10 @@ def format_ratio(value: float, baseline: float) -> str:
     if baseline == 0:
         return "n/a"
     return f"{value / baseline:.2f}"
+
+
+def describe_counts(values: Sequence[int]) -> str:
+    """Describe one count per round: ``"1 in each of 10 rounds"``, or the list of them."""
+    if values and min(values) == max(values):
+        return f"{values[0]} in each of {len(values)} rounds"
+    return "per round: " + ", ".join(str(value) for value in values)

@@ -66,8 +66,10 @@ PhaseKind = Literal["calm", "latency", "5xx", "429", "hang", "reset", "malformed
 # Phases during which the token endpoint gives no token: outages, for the report.
 OUTAGE_KINDS: frozenset[str] = frozenset({"5xx", "429", "hang", "reset", "malformed"})
 
-# One cycle of the schedule, in units of 1/60 of the cycle (one second in a 60 s run):
-# calm phases between the faults let the client recover and serve as baselines.
+# One cycle of the schedule, in units of 1/60 of the cycle (one second in a 60 s run).
+# Calm phases between the faults let the client recover and serve as baselines. The
+# hang comes last because recovering from it takes longest: a request sent just before
+# it ends still hangs for the whole refresh timeout.
 _CYCLE: tuple[tuple[PhaseKind, int], ...] = (
     ("calm", 8),
     ("latency", 4),
@@ -76,12 +78,12 @@ _CYCLE: tuple[tuple[PhaseKind, int], ...] = (
     ("calm", 4),
     ("429", 4),
     ("calm", 4),
-    ("hang", 5),
-    ("calm", 4),
     ("reset", 4),
     ("calm", 4),
     ("malformed", 4),
-    ("calm", 6),
+    ("calm", 4),
+    ("hang", 4),
+    ("calm", 7),
 )
 _CYCLE_UNITS = sum(units for _, units in _CYCLE)
 # The wall clock steps an hour forward 5 units into the run and back 3 units before its end.
@@ -197,7 +199,10 @@ class ServerConfig:
     :param latency: ``(low, high)`` extra seconds per request in a ``latency`` phase.
     :param api_reset_share: share of API requests reset in a ``reset`` phase.
     :param revocations_per_second: mean rate at which the API revokes a live token.
-    :param leeway: seconds past its expiry that the API still accepts a token.
+    :param leeway: seconds past its expiry that the API still accepts a token. Resource
+        servers allow some leeway for clock differences; 1 s keeps a client's scheduling
+        delay on a busy machine from counting as an expired token, while a client that
+        kept a token for an hour too long is still caught.
     :param wall_jump: size of the wall-clock jumps of the schedule, in seconds.
     :param seed: seed of the server's random choices.
     """
@@ -211,7 +216,7 @@ class ServerConfig:
     latency: tuple[float, float] = (0.1, 0.6)
     api_reset_share: float = 0.05
     revocations_per_second: float = 0.25
-    leeway: float = 0.0
+    leeway: float = 1.0
     wall_jump: float = 3600.0
     seed: int = 1
 
@@ -322,8 +327,8 @@ class FaultyServer:
         self._retry_not_before: dict[str, float] = {}
         # (elapsed seconds, scope, outcome) per token request, for the report's windows.
         self._token_events: list[tuple[float, str, str]] = []
-        # (elapsed seconds, reason) per API 401.
-        self._unauthorized_events: list[tuple[float, str]] = []
+        # (elapsed seconds, reason, seconds past expiry) per API 401.
+        self._unauthorized_events: list[tuple[float, str, float]] = []
         # Request ids that were answered 401, with the number of attempts seen.
         self._attempts: dict[str, int] = {}
         self._next_revocation = math.inf

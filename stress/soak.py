@@ -1,11 +1,16 @@
 """A bounded soak run: many tasks, 2-second tokens, and a token endpoint that misbehaves.
 
-Thousands of tasks send requests through :class:`tokenflight.AuthClient` (one client per
+Up to 10,000 tasks send requests through :class:`tokenflight.AuthClient` (one client per
 cache key, all sharing one :class:`tokenflight.TokenCache` whose keys are OAuth2 scopes
 fetched with :class:`tokenflight.ClientCredentials`) to a token endpoint and an API that
 inject the faults of :class:`stress.faults.FaultSchedule`. The wall clock the library
 reads steps an hour forward and back during the run. Invariants are checked throughout
 and printed as a report; :func:`main` returns 1 when one is violated.
+
+Each request first awaits its key's token from the cache, then waits for one of the
+key's connection slots (a limiter as large as the connection pool), then sends. Waiting
+for a refresh therefore never holds a connection, and httpcore's pool, whose work per
+request grows with its queue, never has a queue.
 
 Run it with ``python -m stress.soak --seconds 60 --backend both``. The servers run in a
 process of their own on 127.0.0.1 (see ``stress/faults.py``); :func:`run_soak` with a
@@ -16,23 +21,17 @@ same logic in-process, as the tests do.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import gc
 import json
 import logging
-import math
 import os
-import platform
 import random
-import statistics
 import sys
 import time
 import tracemalloc
-import urllib.parse
-from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -45,17 +44,25 @@ import sniffio
 from tokenflight import (
     AuthClient,
     Backoff,
-    CacheEvent,
+    ClientCredentials,
     Clock,
     RefreshError,
     SystemClock,
     Token,
     TokenCache,
 )
-from tokenflight._oauth2 import ClientCredentials
 from tokenflight.testing import FakeClock
 
-from .faults import MARKER, FaultSchedule, FaultyServer, ServerConfig, mock_transport
+from .faults import FaultSchedule, FaultyServer, ServerConfig, mock_transport
+from .soak_checks import (
+    Invariant,
+    LogCheck,
+    Meter,
+    SoakReport,
+    decide,
+    describe_machine,
+    format_report,
+)
 
 __all__ = [
     "Invariant",
@@ -76,6 +83,12 @@ _PROJECT = Path(__file__).resolve().parent.parent
 
 
 # -- settings ----------------------------------------------------------------------
+
+# Retries within one refresh, and the spacing of failed refreshes, scaled to tokens that
+# live 2 s (the library's defaults suit tokens that live minutes or hours): failed
+# refreshes are spaced by at most one token lifetime.
+_SOAK_BACKOFF = Backoff(initial=0.25, multiplier=2.0, maximum=2.0)
+_SOAK_COOLDOWN = Backoff(initial=0.5, multiplier=2.0, maximum=2.0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,8 @@ class SoakConfig:
         collector's permanent generation (:func:`gc.freeze`), as large services do.
         Without it, CPython's full collections over 10,000 tasks pause the event loop for
         up to a second on a small machine, longer than a 2-second token's 0.5 s margin.
+    :param backoff: the cache's delays between attempts within one refresh.
+    :param cooldown: the cache's delays between failed refreshes.
     """
 
     seconds: float = 60.0
@@ -112,18 +127,8 @@ class SoakConfig:
     revocations_per_second: float = 0.25
     connections_per_key: int = 16
     freeze_gc: bool = True
-
-    # Retries within one refresh, and the spacing of failed refreshes, scaled to tokens
-    # that live 2 s: the library's defaults suit tokens that live minutes or hours.
-    @property
-    def backoff(self) -> Backoff:
-        """Delays between attempts within one refresh."""
-        return Backoff(initial=0.25, multiplier=2.0, maximum=2.0)
-
-    @property
-    def cooldown(self) -> Backoff:
-        """Delays between failed refreshes."""
-        return Backoff(initial=0.5, multiplier=2.0, maximum=4.0)
+    backoff: Backoff = _SOAK_BACKOFF
+    cooldown: Backoff = _SOAK_COOLDOWN
 
     @property
     def http_timeout(self) -> httpx.Timeout:
@@ -134,15 +139,16 @@ class SoakConfig:
     def request_deadline(self) -> float:
         """Longest time one request may take before it counts as hung, in seconds.
 
-        A request may wait for a refresh, send, get a 401, wait for a second refresh and
-        send again; each step is bounded by a timeout, and this is their sum plus 2 s.
+        A request waits for its token, then for a connection slot, then sends; after a
+        401 it waits for a new token and sends once more. Each step is bounded by the
+        refresh timeout or an HTTP timeout; this is their sum plus 2 s.
         """
         timeout = self.http_timeout
+        pool = timeout.pool or 0.0
         one_send = sum(
-            seconds or 0.0
-            for seconds in (timeout.connect, timeout.write, timeout.read, timeout.pool)
+            seconds or 0.0 for seconds in (timeout.connect, timeout.write, timeout.read, pool)
         )
-        return 2 * (self.refresh_timeout + one_send) + 2.0
+        return self.refresh_timeout + pool + 2 * (self.refresh_timeout + one_send) + 2.0
 
     @property
     def recovery_bound(self) -> float:
@@ -216,61 +222,10 @@ async def _deadline(clock: Clock, seconds: float) -> AsyncIterator[anyio.CancelS
 # -- what the run records ---------------------------------------------------------------
 
 
-class _Meter:
-    """Counters filled while the run goes on; every structure is bounded by the run's size."""
-
-    def __init__(self, schedule: FaultSchedule, keys: list[str]) -> None:
-        self.schedule = schedule
-        self.keys = keys
-        self.zero = math.inf
-        self.outcomes: Counter[str] = Counter()
-        self.outcomes_by_phase: Counter[tuple[str, str]] = Counter()
-        self.unexpected: list[str] = []
-        self.max_duration = 0.0
-        self.durations: list[float] = []
-        self.fetches: Counter[str] = Counter()
-        self.in_flight: Counter[str] = Counter()
-        self.max_in_flight = 0
-        self.events: Counter[str] = Counter()
-        self.refreshed_at: dict[str, list[float]] = defaultdict(list)
-        self.first_success_after: dict[tuple[str, float], float] = {}
-        self.outage_ends = sorted({phase.end for phase in schedule.outages()})
-        self.memory: list[tuple[float, int]] = []
-        self.max_cache_in_flight = 0
-        self.max_loop_lag = 0.0
-        self.max_waiters = 0
-        self.requests_in_flight = 0
-        self.max_requests_in_flight = 0
-
-    def elapsed(self, clock: Clock) -> float:
-        return clock.monotonic() - self.zero
-
-    def record_request(self, key: str, started: float, ended: float, outcome: str) -> None:
-        self.outcomes[outcome] += 1
-        phase = self.schedule.phase_at(started)
-        self.outcomes_by_phase[phase.kind, outcome] += 1
-        duration = ended - started
-        self.max_duration = max(self.max_duration, duration)
-        if len(self.durations) < 1_000_000:
-            self.durations.append(duration)
-        if outcome == "ok":
-            for end in self.outage_ends:
-                if started >= end and (key, end) not in self.first_success_after:
-                    self.first_success_after[key, end] = ended - end
-
-    def hook(self, clock: Clock) -> Callable[[CacheEvent], None]:
-        def on_event(event: CacheEvent) -> None:
-            self.events[event.name] += 1
-            if event.name == "refresh.succeeded":
-                self.refreshed_at[str(event.key)].append(self.elapsed(clock))
-
-        return on_event
-
-
 class _MeteredSource:
     """Wraps a key's token source to count its fetches and how many run at once."""
 
-    def __init__(self, inner: ClientCredentials, key: str, meter: _Meter) -> None:
+    def __init__(self, inner: ClientCredentials, key: str, meter: Meter) -> None:
         self._inner = inner
         self._key = key
         self._meter = meter
@@ -289,45 +244,12 @@ class _MeteredSource:
         return f"_MeteredSource({self._inner!r})"
 
 
-class _LogCheck(logging.Handler):
-    """Checks every log record of the run for a secret, keeping counts, not records.
-
-    Every token and the client secret start with :data:`MARKER`; the client secret's
-    URL-encoded and base64 forms (as in a ``Basic`` header) are looked for too.
-    """
-
-    def __init__(self, client_id: str, client_secret: str) -> None:
-        super().__init__(level=logging.NOTSET)
-        self.records = 0
-        self.leaks = 0
-        self.samples: list[str] = []
-        basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
-        self.needles = (MARKER, urllib.parse.quote(client_secret, safe=""), basic)
-        self.by_logger: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records += 1
-        self.by_logger[record.name.split(".", 1)[0]] += 1
-        try:
-            text = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is checked piecewise
-            text = f"{record.msg} {record.args!r}"
-        if record.exc_info and record.exc_info[1] is not None:
-            text += "\n" + logging.Formatter().formatException(record.exc_info)
-        if any(needle in text for needle in self.needles):
-            self.leaks += 1
-            if len(self.samples) < 5:
-                masked = text
-                for needle in self.needles:
-                    masked = masked.replace(needle, "<secret>")
-                self.samples.append(f"{record.name}:{record.levelname}: {masked[:300]}")
-
-
 _CAPTURED_LOGGERS = ("tokenflight", "httpx", "httpcore")
 
 
 @contextlib.contextmanager
-def _capture_logs(check: _LogCheck) -> Iterator[None]:
+def _capture_logs(check: LogCheck) -> Iterator[None]:
+    """Show every record of the run to ``check``, with these loggers at DEBUG."""
     root = logging.getLogger()
     saved = {name: logging.getLogger(name).level for name in _CAPTURED_LOGGERS}
     root.addHandler(check)
@@ -378,38 +300,14 @@ def _task_count() -> int:
 # -- the run -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Invariant:
-    """One checked property of the run: what was measured against what was allowed."""
-
-    name: str
-    holds: bool
-    measured: str
-    bound: str
-
-
-@dataclass
-class SoakReport:
-    """Everything a run measured, and the invariants decided from it."""
-
-    backend: str
-    config: SoakConfig
-    wall_seconds: float
-    invariants: list[Invariant]
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every invariant held."""
-        return all(invariant.holds for invariant in self.invariants)
-
-
 @dataclass
 class _Run:
+    """Where one run's servers are and how to reach them, for :func:`_drive`."""
+
     config: SoakConfig
     clock: WallJumpClock
     server_config: ServerConfig
-    meter: _Meter
+    meter: Meter
     token_url: str
     api_url: str
     transport_factory: Callable[[], httpx.AsyncBaseTransport | None]
@@ -451,7 +349,7 @@ async def _run_in_process(
         config=config,
         clock=clock,
         server_config=server.config,
-        meter=_Meter(server.schedule, _keys(config)),
+        meter=Meter(server.schedule, _keys(config)),
         token_url="http://127.0.0.1/token",
         api_url="http://127.0.0.1",
         transport_factory=lambda: mock_transport(server),
@@ -488,7 +386,7 @@ async def _run_with_server_process(config: SoakConfig, clock: WallJumpClock) -> 
                 config=config,
                 clock=clock,
                 server_config=server_config,
-                meter=_Meter(server_config.schedule, _keys(config)),
+                meter=Meter(server_config.schedule, _keys(config)),
                 token_url=f"{base}/token",
                 api_url=base,
                 transport_factory=lambda: None,
@@ -540,7 +438,7 @@ async def _drive(run: _Run, *, before_leak_check: Callable[[], Any] | None = Non
     if config.trace_memory:
         tracemalloc.start(1)
 
-    check = _LogCheck(server_config.client_id, server_config.client_secret)
+    check = LogCheck(server_config.client_id, server_config.client_secret)
     with _capture_logs(check):
         token_http = httpx.AsyncClient(
             transport=run.transport_factory(), timeout=10.0, follow_redirects=False
@@ -633,8 +531,10 @@ async def _drive(run: _Run, *, before_leak_check: Callable[[], Any] | None = Non
     fds_after = _open_fds()
     tasks_after = _task_count()
 
-    return _decide(
-        run,
+    return decide(
+        config,
+        meter,
+        backend=sniffio.current_async_library(),
         server_stats=server_stats,
         check=check,
         fds=(fds_before, fds_after),
@@ -665,7 +565,7 @@ async def _jump_wall_clock(clock: WallJumpClock, schedule: FaultSchedule, zero: 
 
 
 async def _sample(
-    clock: Clock, meter: _Meter, cache: TokenCache, config: SoakConfig, scope: anyio.CancelScope
+    clock: Clock, meter: Meter, cache: TokenCache, config: SoakConfig, scope: anyio.CancelScope
 ) -> None:
     """Every second: the cache's refreshes in flight and, if traced, the memory in use."""
     with scope:
@@ -687,7 +587,7 @@ async def _send_requests(
     limiter: anyio.CapacityLimiter,
     key: str,
     clock: Clock,
-    meter: _Meter,
+    meter: Meter,
     config: SoakConfig,
     stop_at: float,
 ) -> None:
@@ -723,21 +623,32 @@ async def _one_request(
     request_id: str,
     clock: Clock,
     config: SoakConfig,
-    meter: _Meter,
+    meter: Meter,
 ) -> str:
     """Send one request; return "ok", "HTTP <status>", or the class of the error raised.
 
     A tokenflight :class:`RefreshError` and an :class:`httpx.TransportError` are the
-    documented errors; anything else is recorded as "unexpected <class>".
+    documented errors; anything else is recorded as "unexpected <class>". Waiting for a
+    connection slot longer than the pool timeout counts as ``httpx.PoolTimeout``, the
+    error httpx raises for the same wait in its own pool.
     """
     outcome = "deadline exceeded"
+    pool_timeout = config.http_timeout.pool or 0.0
     async with _deadline(clock, config.request_deadline):
         try:
             # Wait for the key's token before taking a connection slot, so that requests
             # waiting for a refresh do not hold slots that others could send with.
             await client.cache.get(client.token_auth.key)
-            async with limiter:
+            acquired = False
+            async with _deadline(clock, pool_timeout):
+                await limiter.acquire()
+                acquired = True
+            if not acquired:
+                return "httpx.PoolTimeout"
+            try:
                 response = await client.get(API_PATH, headers={"x-soak-request": request_id})
+            finally:
+                limiter.release()
         except RefreshError as error:
             outcome = type(error).__name__
         except httpx.TransportError as error:
@@ -749,341 +660,6 @@ async def _one_request(
         else:
             outcome = "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
     return outcome
-
-
-# -- deciding the invariants ----------------------------------------------------------
-
-
-def _in_window(events: list[Any], start: float, end: float) -> list[Any]:
-    return [event for event in events if start <= event[0] < end]
-
-
-def _decide(
-    run: _Run,
-    *,
-    server_stats: dict[str, Any],
-    check: _LogCheck,
-    fds: tuple[tuple[int, int], tuple[int, int]],
-    tasks: tuple[int, int],
-    memory_peak: int,
-    auth_statistics: dict[str, Any],
-    cache_statistics: Any,
-) -> SoakReport:
-    config = run.config
-    meter = run.meter
-    schedule = meter.schedule
-    keys = meter.keys
-    lifetime = config.token_lifetime
-    invariants: list[Invariant] = []
-    figures: dict[str, Any] = {}
-
-    def add(name: str, holds: bool, measured: str, bound: str) -> None:
-        invariants.append(Invariant(name, holds, measured, bound))
-
-    total = sum(meter.outcomes.values())
-    figures["requests"] = total
-    figures["outcomes"] = dict(meter.outcomes.most_common())
-    figures["success_ratio"] = meter.outcomes["ok"] / total if total else 0.0
-    durations = sorted(meter.durations)
-    if durations:
-        figures["duration_p50_s"] = durations[len(durations) // 2]
-        figures["duration_p99_s"] = durations[min(len(durations) - 1, int(len(durations) * 0.99))]
-    figures["duration_max_s"] = meter.max_duration
-    figures["loop_lag_max_s"] = meter.max_loop_lag
-    figures["requests_in_flight_max"] = meter.max_requests_in_flight
-    figures["cache_waiters_max_sampled"] = meter.max_waiters
-
-    hung = meter.outcomes["deadline exceeded"]
-    add(
-        "every request ends within its deadline",
-        hung == 0 and meter.max_duration <= config.request_deadline,
-        f"{hung} past the deadline; longest {meter.max_duration:.2f} s",
-        f"0; {config.request_deadline:g} s",
-    )
-    undocumented = {o: n for o, n in meter.outcomes.items() if o.startswith("unexpected ")}
-    add(
-        "every request ends in success or a documented error",
-        not undocumented,
-        ", ".join(f"{o}: {n}" for o, n in undocumented.items()) or "none undocumented",
-        "success, an HTTP response, RefreshError or httpx.TransportError",
-    )
-    figures["unexpected_samples"] = meter.unexpected
-
-    add(
-        "at most one refresh in flight per key",
-        meter.max_in_flight <= 1,
-        f"max {meter.max_in_flight} fetch() at once for one key; "
-        f"max {meter.max_cache_in_flight} in the cache over {len(keys)} keys",
-        "1 per key",
-    )
-
-    # Refreshes per token lifetime, over the calm phases: the cache renews each key
-    # ahead of expiry, about every half of its usable life, never once per caller.
-    events = server_stats["token_events"]
-    calm = [phase for phase in schedule.phases if phase.kind == "calm"]
-    calm_seconds = sum(phase.end - phase.start for phase in calm)
-    calm_requests = sum(
-        1
-        for phase in calm
-        for event in _in_window(events, phase.start, phase.end)
-        if event[2] != "revoked"
-    )
-    per_lifetime = calm_requests / len(keys) / (calm_seconds / lifetime) if calm_seconds else 0.0
-    figures["token_requests_per_key_per_lifetime_calm"] = per_lifetime
-    tasks_per_key = config.tasks / len(keys)
-    add(
-        "refreshes per token lifetime per key (calm phases)",
-        per_lifetime <= 5.0,
-        f"{per_lifetime:.2f} (with {tasks_per_key:.0f} tasks per key)",
-        "<= 5",
-    )
-
-    # Token-endpoint requests per outage, per key.
-    outage_rows = []
-    worst_outage = 0
-    for phase in schedule.outages():
-        window = [e for e in _in_window(events, phase.start, phase.end) if e[2] != "revoked"]
-        by_key = Counter(e[1] for e in window)
-        most = max(by_key.values(), default=0)
-        worst_outage = max(worst_outage, most)
-        outage_rows.append(
-            {
-                "kind": phase.kind,
-                "seconds": round(phase.end - phase.start, 2),
-                "requests": len(window),
-                "max_per_key": most,
-            }
-        )
-    figures["outages"] = outage_rows
-    add(
-        "token-endpoint requests per outage per key",
-        worst_outage <= 20,
-        f"max {worst_outage} (with {tasks_per_key:.0f} tasks per key)",
-        "<= 20",
-    )
-
-    early = server_stats["retry_after_early"]
-    add(
-        "Retry-After of a 429 is honoured",
-        early == 0,
-        f"{early} token requests before the time the server asked for",
-        "0",
-    )
-
-    max_attempts = server_stats["max_attempts"]
-    rejected = sum(stat.rejected for stat in auth_statistics.values())
-    retried = sum(stat.retried for stat in auth_statistics.values())
-    figures["api_unauthorized"] = server_stats["api_unauthorized"]
-    figures["auth_rejected"] = rejected
-    figures["auth_retried"] = retried
-    add(
-        "no 401 loop: a request is sent at most twice",
-        max_attempts <= 2,
-        f"max {max_attempts} attempts of one request; {rejected} rejections, {retried} resent",
-        "<= 2",
-    )
-
-    recoveries = []
-    missing = 0
-    for end in meter.outage_ends:
-        if end >= schedule.seconds - 1e-9:
-            continue
-        for key in keys:
-            value = meter.first_success_after.get((key, end))
-            if value is None:
-                missing += 1
-            else:
-                recoveries.append(value)
-    worst_recovery = max(recoveries, default=0.0)
-    figures["recovery_max_s"] = worst_recovery
-    figures["recovery_mean_s"] = statistics.fmean(recoveries) if recoveries else 0.0
-    add(
-        "recovery after the endpoint comes back",
-        missing == 0 and worst_recovery <= config.recovery_bound,
-        f"max {worst_recovery:.2f} s, mean {figures['recovery_mean_s']:.2f} s; "
-        f"{missing} key/outage pairs without a success",
-        f"<= {config.recovery_bound:g} s",
-    )
-
-    (fds_before, sockets_before), (fds_after, sockets_after) = fds
-    add(
-        "no leaked sockets or file descriptors",
-        fds_after <= fds_before and sockets_after <= sockets_before,
-        f"fds {fds_before} -> {fds_after}, sockets {sockets_before} -> {sockets_after}",
-        "no increase",
-    )
-    tasks_before, tasks_after = tasks
-    add(
-        "no leaked tasks",
-        tasks_after <= tasks_before,
-        f"tasks {tasks_before} -> {tasks_after}",
-        "no increase",
-    )
-
-    if config.trace_memory:
-        growth, first_mib, last_mib = _memory_growth(meter.memory, schedule)
-        figures["memory_first_calm_mib"] = first_mib
-        figures["memory_last_calm_mib"] = last_mib
-        figures["memory_peak_mib"] = memory_peak / 2**20
-        add(
-            "memory flat over the run (tracemalloc)",
-            growth <= 0.10,
-            f"{first_mib:.1f} MiB -> {last_mib:.1f} MiB ({growth:+.1%})",
-            "<= +10 %",
-        )
-
-    figures["log_records"] = check.records
-    figures["log_records_by_logger"] = dict(check.by_logger)
-    add(
-        "no secret in any log record",
-        check.leaks == 0 and check.records > 0,
-        f"{check.leaks} of {check.records} records; " + "; ".join(check.samples),
-        "0",
-    )
-
-    jump_rows, jump_ok = _jump_windows(run, events, server_stats)
-    figures["wall_clock_jumps"] = jump_rows
-    if schedule.jumps:
-        add(
-            "a wall-clock jump of an hour changes nothing",
-            jump_ok,
-            "; ".join(
-                f"{row['step']:+g} s: {row['token_requests_per_key_per_lifetime']:.1f} token "
-                f"requests per key per lifetime, {row['expired_401_share']:.1%} expired-token "
-                f"401s in the next {row['window_s']:g} s"
-                for row in jump_rows
-            ),
-            "<= 5 per key per lifetime; <= 5 % expired-token 401s",
-        )
-
-    figures["server"] = {
-        key: value
-        for key, value in server_stats.items()
-        if key not in {"token_events", "unauthorized_events"}
-    }
-    figures["cache"] = {
-        "refreshes": cache_statistics.refreshes,
-        "failures": cache_statistics.failures,
-        "fetches": cache_statistics.fetches,
-        "hits": cache_statistics.hits,
-        "misses": cache_statistics.misses,
-    }
-    figures["events"] = dict(meter.events)
-    return SoakReport(sniffio.current_async_library(), config, 0.0, invariants, figures)
-
-
-def _memory_growth(
-    samples: list[tuple[float, int]], schedule: FaultSchedule
-) -> tuple[float, float, float]:
-    """Compare memory in use in the first calm phase (after 2 s of warm-up) and the last."""
-    calm = [phase for phase in schedule.phases if phase.kind == "calm"]
-    first, last = calm[0], calm[-1]
-    warm_up = min(2.0, (first.end - first.start) / 2)
-    early = [size for at, size in samples if first.start + warm_up <= at < first.end]
-    late = [size for at, size in samples if last.start <= at < last.end]
-    if not early or not late:
-        return 0.0, 0.0, 0.0
-    early_mean, late_mean = statistics.fmean(early), statistics.fmean(late)
-    return late_mean / early_mean - 1.0, early_mean / 2**20, late_mean / 2**20
-
-
-def _jump_windows(
-    run: _Run, events: list[Any], server_stats: dict[str, Any]
-) -> tuple[list[dict[str, Any]], bool]:
-    """Check the seconds after each wall-clock jump for what a clock bug would cause.
-
-    A cache that read expiry from the wall clock would see every token expired after a
-    jump forward (a burst of token requests) and would keep expired tokens after a jump
-    back (a burst of expired-token 401s). Each window must show neither: at most 5
-    token requests per key per token lifetime, and at most 5 % expired-token 401s.
-    """
-    schedule = run.meter.schedule
-    keys = len(run.meter.keys)
-    lifetime = run.config.token_lifetime
-    window = max(1.5 * lifetime, 1.0)
-    unauthorized = server_stats["unauthorized_events"]
-    per_second = {int(second): n for second, n in server_stats["api_per_second"].items()}
-    rows = []
-    ok = True
-    for at, step in schedule.jumps:
-        end = min(at + window, schedule.seconds)
-        seconds = max(end - at, 1e-9)
-        requests = sum(1 for e in _in_window(events, at, end) if e[2] != "revoked") / keys
-        expired = sum(1 for e in _in_window(unauthorized, at, end) if e[1] == "expired")
-        api_requests = sum(n for second, n in per_second.items() if at <= second + 0.5 < end)
-        expired_share = expired / api_requests if api_requests else 0.0
-        per_lifetime = requests / (seconds / lifetime)
-        holds = per_lifetime <= 5.0 and expired_share <= 0.05
-        ok = ok and holds
-        rows.append(
-            {
-                "at_s": round(at, 2),
-                "step": step,
-                "window_s": round(seconds, 2),
-                "token_requests_per_key_per_lifetime": per_lifetime,
-                "expired_401": expired,
-                "api_requests": api_requests,
-                "expired_401_share": expired_share,
-            }
-        )
-    return rows, ok
-
-
-# -- the report ------------------------------------------------------------------------
-
-
-def describe_machine() -> str:
-    """Return the CPU count, CPU model, memory and Python of this machine, in one line."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown memory"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    return (
-        f"{os.cpu_count()} CPUs ({cpu}), {memory}, Python {platform.python_version()} "
-        f"on {platform.system()}"
-    )
-
-
-def format_report(report: SoakReport) -> str:
-    """Format a report as text: the run, its invariants, and its figures."""
-    config = report.config
-    figures = report.figures
-    lines = [
-        f"soak run on {report.backend}: {config.tasks} tasks, {config.keys} keys, "
-        f"{config.seconds:g} s, {config.token_lifetime:g} s tokens, "
-        f"refresh timeout {config.refresh_timeout:g} s ({report.wall_seconds:.1f} s of wall time)",
-        f"requests: {figures['requests']}, success ratio {figures['success_ratio']:.3f}; "
-        + ", ".join(f"{outcome}: {count}" for outcome, count in figures["outcomes"].items()),
-    ]
-    if "duration_p50_s" in figures:
-        lines.append(
-            f"request duration: median {figures['duration_p50_s'] * 1000:.0f} ms, "
-            f"p99 {figures['duration_p99_s'] * 1000:.0f} ms, max {figures['duration_max_s']:.2f} s"
-        )
-    lines.append(
-        f"most requests in flight at once: {figures['requests_in_flight_max']}; "
-        f"event-loop lag: max {figures['loop_lag_max_s'] * 1000:.0f} ms"
-    )
-    lines.append("outages (token-endpoint requests):")
-    lines.extend(
-        f"  {row['kind']:<9} {row['seconds']:>5g} s  {row['requests']:>4} requests, "
-        f"max {row['max_per_key']} per key"
-        for row in figures["outages"]
-    )
-    lines.append("invariants:")
-    for invariant in report.invariants:
-        mark = "ok  " if invariant.holds else "FAIL"
-        lines.append(f"  [{mark}] {invariant.name}: {invariant.measured} (bound {invariant.bound})")
-    lines.append(f"result: {'all invariants hold' if report.ok else 'INVARIANT VIOLATED'}")
-    return "\n".join(lines)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

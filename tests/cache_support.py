@@ -30,7 +30,7 @@ def never_random() -> float:
 class Step:
     """What one ``fetch()`` of a :class:`ScriptedSource` does.
 
-    It waits ``delay`` seconds on the fake clock (``None``: never answers), then raises
+    It waits ``delay`` seconds on the fake clock (``None``: forever), then raises
     ``error`` if one is given, and otherwise returns a new token whose ``expires_in`` is
     ``lifetime`` (or whose ``expires_at`` is ``expires_at``, in Unix seconds).
     """
@@ -45,8 +45,8 @@ class ScriptedSource:
     """A token source that follows a script and records every call, for assertions.
 
     Each ``fetch()`` takes the next :class:`Step` of the script, or ``default`` once the
-    script is used up. The source counts calls and calls in flight, and remembers when
-    each call started and when each token it issued expires as the server sees it.
+    script is used up. The source counts calls and calls in flight, and records when
+    each call started and when the server stops accepting each token it issued.
     """
 
     def __init__(self, clock: FakeClock, *steps: Step, default: Step | None = None) -> None:

@@ -1,20 +1,32 @@
 """TokenCache behaviour beyond the named scenarios: keys, invalidation, timing, observability.
 
 Every async test runs on asyncio and trio with a fake clock. The scenario tests live in
-test_cache_scenarios.py; the generated interleavings in test_cache_stateful.py.
+test_cache_scenarios.py, the generated interleavings in test_cache_stateful.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import anyio
 import pytest
 import trio
 
+from cache_support import (
+    VALUE_TAIL,
+    EventRecorder,
+    ScriptedSource,
+    Step,
+    entered_or_not,
+    get_at_once,
+    log_texts,
+    never_random,
+    secrets_of,
+)
 from tokenflight import (
     Backoff,
     CacheEvent,
@@ -29,18 +41,6 @@ from tokenflight import (
 )
 from tokenflight.testing import FakeClock, wait_all_tasks_blocked
 
-from cache_support import (
-    VALUE_TAIL,
-    EventRecorder,
-    ScriptedSource,
-    Step,
-    entered_or_not,
-    get_at_once,
-    log_texts,
-    never_random,
-    secrets_of,
-)
-
 HOUR = 3600.0
 SKEW = 30.0
 
@@ -49,6 +49,15 @@ SKEW = 30.0
 def entered(request: pytest.FixtureRequest) -> bool:
     """Whether the test runs inside ``async with cache:``."""
     return bool(request.param)
+
+
+def constant(value: float) -> Callable[[], float]:
+    """Return a ``random`` function for the cache that always returns ``value``."""
+
+    def random() -> float:
+        return value
+
+    return random
 
 
 class KeyedSources:
@@ -208,7 +217,7 @@ async def test_refresh_window_jitter_bounds() -> None:
     for random_value, expected_window in ((0.0, 300.0), (0.999, 300.0 * (1 - 0.1 * 0.999))):
         clock = FakeClock()
         source = ScriptedSource(clock)
-        cache = TokenCache(source, clock=clock, random=lambda value=random_value: value)
+        cache = TokenCache(source, clock=clock, random=constant(random_value))
         usable_until = 1000.0 + HOUR - SKEW
 
         async with cache:
@@ -287,7 +296,7 @@ async def test_expired_on_arrival_kept_briefly(
 
 @pytest.mark.anyio
 async def test_keys_refresh_independently(entered: bool) -> None:
-    """Each key has its own token and flight; the factory runs once per key."""
+    """Each key has its own token and flight, and the factory runs once per key."""
     clock = FakeClock()
     factory = KeyedSources(clock, default=Step(delay=1.0))
     cache = TokenCache(sources=factory, clock=clock)
@@ -296,16 +305,15 @@ async def test_keys_refresh_independently(entered: bool) -> None:
     async def caller(key: str) -> None:
         results[key].append(await cache.get(key))
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            for _ in range(10):
-                task_group.start_soon(caller, "read")
-                task_group.start_soon(caller, "write")
-            await wait_all_tasks_blocked()
-            assert cache.statistics().in_flight == 2
-            await clock.advance(1.0)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        for _ in range(10):
+            task_group.start_soon(caller, "read")
+            task_group.start_soon(caller, "write")
+        await wait_all_tasks_blocked()
+        assert cache.statistics().in_flight == 2
+        await clock.advance(1.0)
 
-    assert sorted(factory.factory_calls) == ["read", "write"]
+    assert sorted(map(str, factory.factory_calls)) == ["read", "write"]
     assert factory.sources["read"].calls == 1
     assert factory.sources["write"].calls == 1
     assert all(token is factory.sources["read"].last for token in results["read"])
@@ -398,7 +406,7 @@ async def test_eviction_spares_key_in_flight() -> None:
 
 @pytest.mark.anyio
 async def test_invalidate_compares_token(entered: bool) -> None:
-    """Only the token still cached is dropped; an older or foreign token changes nothing."""
+    """Only the token still cached is dropped. An older or foreign token changes nothing."""
     clock = FakeClock()
     source = ScriptedSource(clock)
     cache = TokenCache(source, clock=clock)
@@ -566,7 +574,7 @@ async def test_clear_forgets_every_key() -> None:
 
 @pytest.mark.anyio
 async def test_refresh_ahead_in_background() -> None:
-    """Inside ``async with``, the window starts one background refresh; nobody waits."""
+    """Inside ``async with``, the window starts one background refresh and nobody waits."""
     clock = FakeClock()
     source = ScriptedSource(clock, Step(), default=Step(delay=10.0))
     events = EventRecorder(clock)
@@ -591,7 +599,7 @@ async def test_refresh_ahead_in_background() -> None:
 async def test_refresh_ahead_bare_one_caller_waits() -> None:
     """Without ``async with``, the first caller in the window runs the refresh and waits.
 
-    It gets the new token; callers meanwhile get the current one at once.
+    It gets the new token, and callers meanwhile get the current one at once.
     """
     clock = FakeClock()
     source = ScriptedSource(clock, Step(), default=Step(delay=10.0))
@@ -631,12 +639,35 @@ async def test_refresh_ahead_failure_returns_current_bare() -> None:
     assert get_at_once(cache) is first
 
 
+@pytest.mark.anyio
+async def test_refresh_ahead_bare_failure_past_margin() -> None:
+    """Without ``async with``, a caller whose refresh ahead outlives the token gets no token.
+
+    A 60 s token is in its window 40 s after it was fetched. The refresh then hangs for
+    the whole 30 s timeout, by which time the token is past its margin (and its expiry).
+    The caller must get the refresh's error, not the dead token.
+    """
+    clock = FakeClock()
+    source = ScriptedSource(clock, Step(lifetime=60.0), default=Step(delay=None))
+    cache = TokenCache(source, clock=clock)
+
+    first = await cache.get()
+    await clock.advance(40.0)
+    async with clock.autojump():
+        with pytest.raises(RefreshTimeoutError):
+            await cache.get()
+
+    assert clock.monotonic() == 1070.0
+    assert first is source.tokens[0]
+    assert cache.peek() is None
+
+
 # -- failures, backoff and cooldown ------------------------------------------------------------
 
 
 @pytest.mark.anyio
 async def test_transient_failure_retried_in_refresh(entered: bool) -> None:
-    """A 503 blip is retried after the backoff inside the same refresh; waiters get the token."""
+    """A 503 blip is retried after the backoff inside the same refresh, so waiters get a token."""
     clock = FakeClock()
     source = ScriptedSource(clock, Step(error=TransientRefreshError("503")), default=Step())
     cache = TokenCache(source, clock=clock, random=never_random)
@@ -645,10 +676,13 @@ async def test_transient_failure_retried_in_refresh(entered: bool) -> None:
     async def caller() -> None:
         results.append(await cache.get())
 
-    async with entered_or_not(cache, entered=entered), clock.autojump():
-        async with anyio.create_task_group() as task_group:
-            for _ in range(5):
-                task_group.start_soon(caller)
+    async with (
+        entered_or_not(cache, entered=entered),
+        clock.autojump(),
+        anyio.create_task_group() as task_group,
+    ):
+        for _ in range(5):
+            task_group.start_soon(caller)
 
     assert source.started == [1000.0, 1000.5]
     assert results == [source.last] * 5
@@ -707,7 +741,7 @@ async def test_cooldown_grows_between_failures(entered: bool) -> None:
             await clock.advance(0.5)
 
     failed = events.times("refresh.failed")
-    gaps = [later - earlier for earlier, later in zip(failed, failed[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(failed)]
     assert gaps[:7] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
     assert set(gaps[7:]) == {60.0}
     assert source.calls == len(failed)
@@ -735,7 +769,7 @@ async def test_retry_after_lengthens_cooldown() -> None:
 async def test_down_endpoint_sees_few_requests(entered: bool) -> None:
     """An endpoint down for 10 minutes, asked by 10 callers a second, sees a few calls a minute.
 
-    Each refresh retries within its budget; refreshes themselves are spaced by the growing
+    Each refresh retries within its budget, and refreshes themselves are spaced by the growing
     cooldown, so in the last 5 minutes there are at most 6 fetches per minute.
     """
     clock = FakeClock()
@@ -751,20 +785,19 @@ async def test_down_endpoint_sees_few_requests(entered: bool) -> None:
         except TransientRefreshError:
             failures += 1
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            for _ in range(600):
-                for _ in range(10):
-                    task_group.start_soon(caller)
-                await clock.advance(1.0)
-            await clock.advance(60.0)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        for _ in range(600):
+            for _ in range(10):
+                task_group.start_soon(caller)
+            await clock.advance(1.0)
+        await clock.advance(60.0)
 
     assert failures >= 5000
     late = [time for time in source.started if time >= 1300.0]
     assert len(late) <= 6 * 5
     starts = events.times("refresh.started")
     fails = events.times("refresh.failed")
-    for number, (failed_at, next_start) in enumerate(zip(fails, starts[1:]), start=1):
+    for number, (failed_at, next_start) in enumerate(zip(fails, starts[1:], strict=False), start=1):
         assert next_start >= failed_at + cache.policy.cooldown.delay(number, never_random)
 
 
@@ -772,7 +805,7 @@ async def test_down_endpoint_sees_few_requests(entered: bool) -> None:
 async def test_permanent_error_in_window_served_until_margin() -> None:
     """A permanent error in the refresh window stops refreshes but not the current token.
 
-    Past its margin, callers get the permanent error at once; nothing is fetched again.
+    Past its margin, callers get the permanent error at once, and nothing is fetched again.
     """
     clock = FakeClock()
     source = ScriptedSource(clock, Step(), default=Step(error=PermanentRefreshError("no")))
@@ -806,12 +839,11 @@ async def test_waiters_get_copies_of_error(entered: bool) -> None:
         except RefreshError as error:
             errors.append(error)
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            for _ in range(5):
-                task_group.start_soon(caller)
-            await wait_all_tasks_blocked()
-            await clock.advance(1.0)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        for _ in range(5):
+            task_group.start_soon(caller)
+        await wait_all_tasks_blocked()
+        await clock.advance(1.0)
 
     assert len(errors) == 5
     assert len({id(error) for error in errors}) == 5
@@ -868,19 +900,18 @@ async def test_cancelled_waiter_leaves_no_trace(entered: bool) -> None:
         with scope:
             results.append(await cache.get())
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(caller, anyio.CancelScope())
-            await wait_all_tasks_blocked()
-            for scope in scopes:
-                task_group.start_soon(caller, scope)
-            await wait_all_tasks_blocked()
-            assert cache.statistics().waiters == (6 if entered else 5)
-            for scope in scopes:
-                scope.cancel()
-            await wait_all_tasks_blocked()
-            assert cache.statistics().waiters == (1 if entered else 0)
-            await clock.advance(5.0)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        task_group.start_soon(caller, anyio.CancelScope())
+        await wait_all_tasks_blocked()
+        for scope in scopes:
+            task_group.start_soon(caller, scope)
+        await wait_all_tasks_blocked()
+        assert cache.statistics().waiters == (6 if entered else 5)
+        for scope in scopes:
+            scope.cancel()
+        await wait_all_tasks_blocked()
+        assert cache.statistics().waiters == (1 if entered else 0)
+        await clock.advance(5.0)
 
     assert results == [source.last]
     assert source.calls == 1
@@ -978,7 +1009,7 @@ async def test_source_may_use_other_key(entered: bool) -> None:
 
 
 def test_created_outside_event_loop() -> None:
-    """Creating a cache needs no event loop; it then works under asyncio and trio."""
+    """Creating a cache needs no event loop, and the cache then works under asyncio and trio."""
     clock = FakeClock()
     source = ScriptedSource(clock)
     cache = TokenCache(source, clock=clock)
@@ -997,8 +1028,10 @@ def test_flight_of_stopped_loop_ignored() -> None:
 
     async def start_hanging_refresh() -> asyncio.Task[Token]:
         task = loop.create_task(cache.get())
-        while source.calls == 0:
+        for _ in range(100):
             await asyncio.sleep(0)
+            if source.calls:
+                break
         return task
 
     stranded = loop.run_until_complete(start_hanging_refresh())

@@ -1,11 +1,11 @@
-"""The token cache against the failures that real token-handling code has shipped.
+"""The token cache against failures that real token-handling code has shipped.
 
-Each test is one scenario, named ``test_sNN_...`` after the scenario's id, and runs on
-asyncio and trio with a fake clock. Where a scenario gives a number only as an example,
-the test uses the cache's documented default instead (skew 30 s, refresh-ahead window
-300 s, refresh timeout 30 s, cooldown after a failed refresh 5 s doubling to 60 s) and
-keeps the intent. Tests marked with the ``entered`` parameter run once inside
-``async with cache:`` and once without it, because single flight must hold either way.
+Each test rewrites one such failure as a scenario and runs on asyncio and trio with a
+fake clock. Where the original failure involved a particular number, the test uses the
+cache's documented default instead (skew 30 s, refresh-ahead window 300 s, refresh
+timeout 30 s, cooldown after a failed refresh 5 s doubling to 60 s). Tests with the
+``entered`` parameter run once inside ``async with cache:`` and once without it,
+because single flight must hold either way.
 """
 
 from __future__ import annotations
@@ -23,19 +23,6 @@ import pytest
 import sniffio
 import trio
 
-from tokenflight import (
-    PermanentRefreshError,
-    ReauthenticationRequired,
-    RefreshError,
-    RefreshTimeoutError,
-    Token,
-    TokenAuth,
-    TokenCache,
-    TransientRefreshError,
-)
-from tokenflight._oauth2_response import parse_token_response
-from tokenflight.testing import FakeClock, wait_all_tasks_blocked
-
 from cache_support import (
     REFRESH_TAIL,
     VALUE_TAIL,
@@ -48,6 +35,18 @@ from cache_support import (
     never_random,
     secrets_of,
 )
+from tokenflight import (
+    PermanentRefreshError,
+    ReauthenticationRequired,
+    RefreshError,
+    RefreshTimeoutError,
+    Token,
+    TokenAuth,
+    TokenCache,
+    TransientRefreshError,
+    parse_token_response,
+)
+from tokenflight.testing import FakeClock, wait_all_tasks_blocked
 
 HOUR = 3600.0
 # Default skew: a token counts as expired this long before its expiry.
@@ -64,11 +63,11 @@ def entered(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-# -- S01 to S05: single flight -------------------------------------------------------
+# -- single flight ------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_s01_expired_token_one_fetch(entered: bool) -> None:
+async def test_expired_token_one_fetch(entered: bool) -> None:
     """100 tasks that find the cached token expired cause exactly one fetch.
 
     All of them get the identical token, and calls 10 s later make no fetch at all.
@@ -105,12 +104,12 @@ async def test_s01_expired_token_one_fetch(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s02_failure_shared_by_waiters(entered: bool) -> None:
+async def test_failure_shared_by_waiters(entered: bool) -> None:
     """Five callers share one failing fetch: one call, the same error, nobody hangs.
 
-    The endpoint answers 503 with ``Retry-After: 60``, longer than the refresh's budget,
+    The endpoint returns 503 with ``Retry-After: 60``, longer than the refresh's budget,
     so the cache does not retry inside this refresh (a shorter blip would be retried).
-    Calls before the Retry-After has passed raise the error at once without a fetch; the
+    Calls before the Retry-After has passed raise the error at once without a fetch. The
     first call after it makes exactly one new fetch, which succeeds.
     """
     clock = FakeClock()
@@ -156,11 +155,11 @@ async def test_s02_failure_shared_by_waiters(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s03_slow_exclusive_source_once(entered: bool) -> None:
+async def test_slow_exclusive_source_once(entered: bool) -> None:
     """Six clients built at once on one cache share one 1-second source call.
 
     The source allows one run at a time (as a lock around a credential process would),
-    so six calls would take 6 s; the cache makes one, and everyone is ready after 1 s.
+    so six calls would take 6 s. The cache makes one, and everyone is ready after 1 s.
     """
     clock = FakeClock()
     calls = 0
@@ -181,17 +180,20 @@ async def test_s03_slow_exclusive_source_once(entered: bool) -> None:
         await cache.get()
         ready_at.append(clock.monotonic())
 
-    async with entered_or_not(cache, entered=entered), clock.autojump():
-        async with anyio.create_task_group() as task_group:
-            for _ in range(6):
-                task_group.start_soon(build_client)
+    async with (
+        entered_or_not(cache, entered=entered),
+        clock.autojump(),
+        anyio.create_task_group() as task_group,
+    ):
+        for _ in range(6):
+            task_group.start_soon(build_client)
 
     assert calls == 1
     assert ready_at == [1001.0] * 6
 
 
 @pytest.mark.anyio
-async def test_s05_auth_per_request_shares_cache(entered: bool) -> None:
+async def test_auth_per_request_shares_cache(entered: bool) -> None:
     """A new httpx client and TokenAuth per request, one shared cache: one refresh.
 
     Single flight belongs to the cache, keyed by credential, not to the Auth or the
@@ -231,14 +233,14 @@ async def test_s05_auth_per_request_shares_cache(entered: bool) -> None:
     assert seen == [f"Bearer {source.tokens[1].value}"] * 20
 
 
-# -- S07 to S11: time --------------------------------------------------------------
+# -- time -------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_s07_refresh_before_expiry_boundary(entered: bool) -> None:
+async def test_refresh_before_expiry_boundary(entered: bool) -> None:
     """A token expiring at 1000 with the default 30 s skew is replaced from 970 on.
 
-    The clock sweeps from 960 to 1000 in half seconds; the mock API rejects a token whose
+    The clock sweeps from 960 to 1000 in half seconds. The mock API rejects a token whose
     expiry has passed when the request arrives, 2 s after it was sent. With no
     refresh-ahead window, the refresh happens exactly when the clock reaches 970, and no
     request is rejected. With the default window, no request is rejected either.
@@ -270,8 +272,8 @@ async def test_s07_refresh_before_expiry_boundary(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s09_force_refresh_fetches(entered: bool) -> None:
-    """With 50 s left and a 10 s margin, force_refresh() fetches; get() does not.
+async def test_force_refresh_fetches(entered: bool) -> None:
+    """With 50 s left and a 10 s margin, force_refresh() fetches but get() does not.
 
     force_refresh() makes a real fetch and returns the new token even though the
     cached one is still fresh, and joins a refresh already in flight.
@@ -282,7 +284,7 @@ async def test_s09_force_refresh_fetches(entered: bool) -> None:
 
     async with entered_or_not(cache, entered=entered), clock.autojump():
         first = await cache.get()
-        await clock.sleep(HOUR - 50 - 1)  # the fetch took 1 s; 50 s of life left
+        await clock.sleep(HOUR - 50 - 1)  # the fetch took 1 s, so 50 s of life are left
         assert get_at_once(cache) is first
         assert source.calls == 1
 
@@ -315,7 +317,7 @@ async def test_s09_force_refresh_fetches(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s10_slow_endpoint_refreshed_ahead(entered: bool) -> None:
+async def test_slow_endpoint_refreshed_ahead(entered: bool) -> None:
     """A 15 s refresh starts at the refresh-ahead boundary and nobody gets an expired token.
 
     Lifetime 3600 s, default window (300 s before the token stops being usable, at
@@ -360,10 +362,10 @@ async def test_s10_slow_endpoint_refreshed_ahead(entered: bool) -> None:
     "expires_in",
     [pytest.param('"3600"', id="string"), pytest.param("3600.0", id="float"), None],
 )
-async def test_s11_lifetime_parsed(entered: bool, expires_in: str | None) -> None:
+async def test_lifetime_parsed_and_cached(entered: bool, expires_in: str | None) -> None:
     """An ``expires_in`` of "3600", 3600.0 or none at all caches the token for an hour.
 
-    The source parses each response with the token-response parser; a missing lifetime
+    The source parses each response with the token-response parser. A missing lifetime
     takes the documented ``default_lifetime`` of 3600 s. 100 sequential requests spread
     over 50 minutes make one call, and the token stops being used 30 s (the skew) before
     its hour is up.
@@ -397,7 +399,7 @@ async def test_s11_lifetime_parsed(entered: bool, expires_in: str | None) -> Non
 
 
 @pytest.mark.anyio
-async def test_s15_wall_clock_steps_ignored(entered: bool) -> None:
+async def test_wall_clock_steps_ignored(entered: bool) -> None:
     """Wall-clock steps, back or forward, never change when a cached token expires.
 
     Both an ``expires_in`` token and an ``expires_at`` token (converted with the wall
@@ -424,19 +426,19 @@ async def test_s15_wall_clock_steps_ignored(entered: bool) -> None:
             assert source.calls == 2
 
 
-# -- S21 to S28: failures and cancellation -------------------------------------------
+# -- failures and cancellation ------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_s21_failed_refresh_keeps_valid_token(
+async def test_failed_refresh_keeps_valid_token(
     entered: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """While the token is usable, a failing background refresh never reaches callers.
 
     The token has 4 minutes of use left (inside the default 5-minute window) and the
-    endpoint answers 503 to every refresh. Requests once a second keep getting the token;
-    the failure is logged as a warning once; later refreshes start only after the
-    cooldown; once the token is past its margin, the 503 surfaces.
+    endpoint returns 503 to every refresh. Requests once a second keep getting the
+    token, and the failure is logged as a warning once. Later refreshes start only after
+    the cooldown. Once the token is past its margin, the 503 surfaces.
     """
     caplog.set_level(logging.DEBUG, logger="tokenflight")
     clock = FakeClock()
@@ -472,14 +474,16 @@ async def test_s21_failed_refresh_keeps_valid_token(
     failed = events.times("refresh.failed")
     started = events.times("refresh.started")[1:]
     assert len(failed) >= 2
-    for number, (failed_at, next_start) in enumerate(zip(failed, started[1:]), start=1):
+    for number, (failed_at, next_start) in enumerate(
+        zip(failed, started[1:], strict=False), start=1
+    ):
         assert next_start >= failed_at + cache.policy.cooldown.delay(number, never_random)
     assert started[1] - failed[0] >= FIRST_COOLDOWN
 
 
 @pytest.mark.anyio
-async def test_s22_invalid_grant_not_retried(entered: bool) -> None:
-    """``invalid_grant`` is fetched once; every later call raises it at once until reset.
+async def test_invalid_grant_not_retried(entered: bool) -> None:
+    """``invalid_grant`` is fetched once, and every later call raises it until reset().
 
     100 calls over 10 minutes make no further call and each raises
     ReauthenticationRequired without waiting. After reset() (new credentials) the next
@@ -522,12 +526,12 @@ async def test_s22_invalid_grant_not_retried(entered: bool) -> None:
         pytest.param(ValueError("malformed JSON"), RefreshError, id="other"),
     ],
 )
-async def test_s23_failed_refresh_keeps_cached_token(
+async def test_failed_refresh_keeps_cached_token(
     entered: bool, error: Exception, expected: type[RefreshError]
 ) -> None:
     """A background refresh that fails leaves the valid token in the cache.
 
-    Later callers get it; the error reaches callers only once the token is past its
+    Later callers get it, and the error reaches callers only once the token is past its
     margin.
     """
     clock = FakeClock()
@@ -552,11 +556,11 @@ async def test_s23_failed_refresh_keeps_cached_token(
 
 
 @pytest.mark.anyio
-async def test_s24_hung_refresh_times_out(entered: bool) -> None:
-    """An endpoint that never answers fails its 50 waiters after the 30 s timeout.
+async def test_hung_refresh_times_out(entered: bool) -> None:
+    """An endpoint that never responds fails its 50 waiters after the 30 s timeout.
 
     Every waiter gets RefreshTimeoutError at exactly 30 s, the fetch is cancelled and the
-    in-flight slot cleared; after the cooldown the next call starts a fresh attempt.
+    in-flight slot cleared. After the cooldown the next call starts a fresh attempt.
     """
     clock = FakeClock()
     source = ScriptedSource(clock, Step(), Step(delay=None), default=Step())
@@ -595,7 +599,7 @@ async def test_s24_hung_refresh_times_out(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s24_hung_refresh_ahead_keeps_serving() -> None:
+async def test_hung_refresh_ahead_keeps_serving() -> None:
     """In the refresh-ahead window, a hung background refresh never delays callers."""
     clock = FakeClock()
     source = ScriptedSource(clock, Step(), Step(delay=None), default=Step(delay=None))
@@ -612,7 +616,7 @@ async def test_s24_hung_refresh_ahead_keeps_serving() -> None:
 
 
 @pytest.mark.anyio
-async def test_s25_failed_refresh_releases_slot(entered: bool) -> None:
+async def test_failed_refresh_releases_slot(entered: bool) -> None:
     """A source that raises an ordinary exception leaves nothing locked behind.
 
     The caller gets RefreshError with the exception as its cause. The slot is free:
@@ -644,10 +648,10 @@ async def test_s25_failed_refresh_releases_slot(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s25_cancelled_refresh_releases_slot(entered: bool) -> None:
+async def test_cancelled_refresh_releases_slot(entered: bool) -> None:
     """A refresh cancelled mid-fetch leaves the slot free for an immediate new attempt.
 
-    Without ``async with``, the caller running the refresh is cancelled; inside it, the
+    Without ``async with``, the caller running the refresh is cancelled. Inside it, the
     cache is closed while its refresh runs. Either way the next call fetches at once.
     """
     clock = FakeClock()
@@ -655,12 +659,11 @@ async def test_s25_cancelled_refresh_releases_slot(entered: bool) -> None:
     cache = TokenCache(source, clock=clock)
 
     if entered:
-        async with cache:
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(cache.get)
-                await wait_all_tasks_blocked()
-                assert source.calls == 1
-                task_group.cancel_scope.cancel()
+        async with cache, anyio.create_task_group() as task_group:
+            task_group.start_soon(cache.get)
+            await wait_all_tasks_blocked()
+            assert source.calls == 1
+            task_group.cancel_scope.cancel()
         assert source.cancelled == 1
         async with cache:
             assert await cache.get() is source.last
@@ -678,8 +681,8 @@ async def test_s25_cancelled_refresh_releases_slot(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s25_closed_cache_cancels_refresh() -> None:
-    """Closing the cache cancels its running refresh; its waiter then gets a new one."""
+async def test_closed_cache_cancels_refresh() -> None:
+    """Closing the cache cancels its running refresh, and its waiter starts a new one."""
     clock = FakeClock()
     source = ScriptedSource(clock, Step(delay=10.0), default=Step(delay=1.0))
     cache = TokenCache(source, clock=clock)
@@ -701,10 +704,10 @@ async def test_s25_closed_cache_cancels_refresh() -> None:
 
 
 @pytest.mark.anyio
-async def test_s25_timed_out_waiter_keeps_refresh(entered: bool) -> None:
+async def test_timed_out_waiter_keeps_refresh(entered: bool) -> None:
     """A waiter whose own deadline passes releases nothing that another task holds.
 
-    The refresh it waited for keeps running; a later caller joins it rather than
+    The refresh it waited for keeps running, and a later caller joins it rather than
     starting a second fetch.
     """
     clock = FakeClock()
@@ -720,26 +723,25 @@ async def test_s25_timed_out_waiter_keeps_refresh(entered: bool) -> None:
             async with clock.fail_after(1.0):
                 await cache.get()
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(leader)
-            await wait_all_tasks_blocked()
-            task_group.start_soon(impatient)
-            await clock.advance(2.0)
-            assert cache.statistics().in_flight == 1
-            task_group.start_soon(leader)
-            await wait_all_tasks_blocked()
-            await clock.advance(8.0)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        task_group.start_soon(leader)
+        await wait_all_tasks_blocked()
+        task_group.start_soon(impatient)
+        await clock.advance(2.0)
+        assert cache.statistics().in_flight == 1
+        task_group.start_soon(leader)
+        await wait_all_tasks_blocked()
+        await clock.advance(8.0)
 
     assert source.calls == 1
     assert results == [source.last, source.last]
 
 
 @pytest.mark.anyio
-async def test_s26_cancelled_leader_not_cached(entered: bool) -> None:
+async def test_cancelled_leader_not_cached(entered: bool) -> None:
     """A first caller cancelled natively (asyncio task or trio cancel scope) harms no one.
 
-    The refresh goes on in the cache's task, or its slot is cleared; the callers that
+    The refresh goes on in the cache's task, or its slot is cleared. The callers that
     were not cancelled get a token, and later calls succeed.
     """
     clock = FakeClock()
@@ -787,13 +789,13 @@ async def test_s26_cancelled_leader_not_cached(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s27_waiter_deadline_spares_refresh() -> None:
+async def test_waiter_deadline_spares_refresh() -> None:
     """A caller's own deadline ends its wait, not the shared refresh.
 
     The refresh takes 2 s. A starts it under a 0.5 s deadline, B and C wait without one:
     A gets TimeoutError at 0.5 s, the refresh continues, B and C get the token at 2 s,
     and the endpoint is called once. (Without ``async with`` a refresh runs in the task
-    that started it, so A's deadline would restart it; the next test covers that.)
+    that started it, so A's deadline would restart it. The next test covers that.)
     """
     clock = FakeClock()
     source = ScriptedSource(clock, default=Step(delay=2.0))
@@ -829,7 +831,7 @@ async def test_s27_waiter_deadline_spares_refresh() -> None:
 
 
 @pytest.mark.anyio
-async def test_s27_waiter_deadline_spares_refresh_bare() -> None:
+async def test_waiter_deadline_spares_refresh_bare() -> None:
     """Without ``async with``, a waiter's deadline spares the refresh that another runs."""
     clock = FakeClock()
     source = ScriptedSource(clock, default=Step(delay=2.0))
@@ -865,11 +867,11 @@ async def test_s27_waiter_deadline_spares_refresh_bare() -> None:
 
 
 @pytest.mark.anyio
-async def test_s28_leader_cancel_spares_waiters(entered: bool) -> None:
-    """The caller that started a 1 s refresh is cancelled after 0.1 s; 10 waiters are not.
+async def test_leader_cancel_spares_waiters(entered: bool) -> None:
+    """The caller that started a 1 s refresh is cancelled after 0.1 s, 10 waiters are not.
 
     Every waiter gets the token and none sees a cancellation. Inside ``async with`` the
-    refresh simply continues (one call); without it, one waiter restarts it (two).
+    refresh simply continues (one call). Without it, one waiter restarts it (two).
     """
     clock = FakeClock()
     source = ScriptedSource(clock, default=Step(delay=1.0))
@@ -890,16 +892,15 @@ async def test_s28_leader_cancel_spares_waiters(entered: bool) -> None:
         with leader_scope:
             await cache.get()
 
-    async with entered_or_not(cache, entered=entered):
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(leader)
-            await wait_all_tasks_blocked()
-            for _ in range(10):
-                task_group.start_soon(waiter)
-            await wait_all_tasks_blocked()
-            await clock.advance(0.1)
-            leader_scope.cancel()
-            await clock.advance(1.1)
+    async with entered_or_not(cache, entered=entered), anyio.create_task_group() as task_group:
+        task_group.start_soon(leader)
+        await wait_all_tasks_blocked()
+        for _ in range(10):
+            task_group.start_soon(waiter)
+        await wait_all_tasks_blocked()
+        await clock.advance(0.1)
+        leader_scope.cancel()
+        await clock.advance(1.1)
 
     assert unexpected == []
     assert len(results) == 10
@@ -908,15 +909,15 @@ async def test_s28_leader_cancel_spares_waiters(entered: bool) -> None:
     assert source.calls == (1 if entered else 2)
 
 
-# -- S35 to S38: secrets ---------------------------------------------------------------
+# -- secrets --------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_s35_debug_logs_hold_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+async def test_debug_logs_hold_no_secret(caplog: pytest.LogCaptureFixture) -> None:
     """DEBUG logs of refreshes, failures, retries, invalidation, eviction and 5 requests.
 
     No message, argument, exception text or stack in any logger's records contains an
-    access token or a refresh token; tokens appear as fingerprints.
+    access token or a refresh token. Tokens appear as fingerprints.
     """
     caplog.set_level(logging.DEBUG)
     clock = FakeClock()
@@ -970,7 +971,7 @@ async def test_s35_debug_logs_hold_no_secret(caplog: pytest.LogCaptureFixture) -
 
 
 @pytest.mark.anyio
-async def test_s36_reprs_hold_no_secret() -> None:
+async def test_reprs_hold_no_secret() -> None:
     """repr, str, pprint and f-strings of tokens, caches, events and statistics are safe.
 
     So is a traceback, formatted with its locals, of an error raised from get() while a
@@ -1015,10 +1016,10 @@ async def test_s36_reprs_hold_no_secret() -> None:
 
 
 @pytest.mark.anyio
-async def test_s37_control_char_token_rejected(entered: bool) -> None:
+async def test_control_char_token_rejected(entered: bool) -> None:
     """A source whose token ends in a line feed is rejected on receipt, without leaking it.
 
-    The caller gets RefreshError caused by InvalidTokenError; no message, repr or
+    The caller gets RefreshError caused by InvalidTokenError. No message, repr or
     formatted traceback contains the token, and nothing is cached.
     """
     clock = FakeClock()
@@ -1048,7 +1049,7 @@ async def test_s37_control_char_token_rejected(entered: bool) -> None:
 
 
 @pytest.mark.anyio
-async def test_s38_insert_logged_by_fingerprint(caplog: pytest.LogCaptureFixture) -> None:
+async def test_insert_logged_by_fingerprint(caplog: pytest.LogCaptureFixture) -> None:
     """The line logged when a token enters the cache has its lifetime and fingerprint only."""
     caplog.set_level(logging.DEBUG, logger="tokenflight")
     clock = FakeClock()
@@ -1068,14 +1069,14 @@ async def test_s38_insert_logged_by_fingerprint(caplog: pytest.LogCaptureFixture
         assert REFRESH_TAIL not in text
 
 
-# -- S42: event loops ----------------------------------------------------------------
+# -- event loops ---------------------------------------------------------------------
 
 
-def test_s42_cache_reused_across_event_loops() -> None:
+def test_cache_reused_across_event_loops() -> None:
     """One cache, created outside any event loop, serves asyncio.run twice, then trio.run.
 
     Each run has 10 tasks contending for an expired token, inside ``async with`` on the
-    first and last runs and without it on the second; each makes exactly one fetch.
+    first and last runs and without it on the second. Each makes exactly one fetch.
     """
     clock = FakeClock()
     source = ScriptedSource(clock, default=Step(delay=1.0, lifetime=60.0))
@@ -1106,4 +1107,3 @@ def test_s42_cache_reused_across_event_loops() -> None:
     assert [len(tokens) for tokens in results] == [10, 10, 10]
     for run, tokens in enumerate(results):
         assert all(token is source.tokens[run] for token in tokens)
-

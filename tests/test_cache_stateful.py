@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cache_support import VALUE_TAIL, entered_or_not, get_at_once, never_random
 from tokenflight import (
     Backoff,
     CacheEvent,
@@ -43,8 +44,6 @@ from tokenflight import (
 )
 from tokenflight.testing import FakeClock, wait_all_tasks_blocked
 
-from cache_support import VALUE_TAIL, entered_or_not, get_at_once, never_random
-
 KEYS = ("a", "b")
 SKEW = 30.0
 REFRESH_AHEAD = 300.0
@@ -56,7 +55,7 @@ TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Fetch:
-    """One scripted fetch: wait ``delay`` (``None``: never answer), then do ``outcome``."""
+    """One scripted fetch: wait ``delay`` (``None``: forever), then do ``outcome``."""
 
     delay: float | None
     outcome: str
@@ -85,7 +84,7 @@ class Issued:
 
 @dataclass
 class KeyState:
-    """What the model knows about one key."""
+    """The model's state of one key."""
 
     current: Issued | None = None
     invalidated_at: int | None = None
@@ -166,7 +165,9 @@ class Model:
         if current is not None and state.invalidated_at is None and now < current.refresh_at:
             self.violation(f"key {key}: refresh started while the token was fresh")
         if now < self.cooldown_until(state):
-            self.violation(f"key {key}: refresh started during a cooldown or after a permanent error")
+            self.violation(
+                f"key {key}: refresh started during a cooldown or after a permanent error"
+            )
 
     def check_returned(self, key: Hashable, token: Token, call_sequence: int) -> None:
         state = self.keys[key]
@@ -210,7 +211,9 @@ class ModelSource:
         state.last_attempt_transient = step.outcome == "transient"
         error: BaseException | None = None
         if step.outcome == "transient":
-            error = TransientRefreshError("token endpoint answered 503", retry_after=step.retry_after)
+            error = TransientRefreshError(
+                "token endpoint answered 503", retry_after=step.retry_after
+            )
         elif step.outcome == "permanent":
             error = PermanentRefreshError("token endpoint answered invalid_client")
         elif step.outcome == "reauth":
@@ -247,8 +250,8 @@ fetches = st.builds(
     lifetime=st.sampled_from([60.0, 60.0, 600.0, 3600.0]),
     retry_after=st.sampled_from([None, None, 2.0, 90.0]),
 )
-# What a source does once its script is used up: answer at once or a little later,
-# keep failing in a way that is retried or one that is not, or never answer.
+# What a source does once its script is used up: return a token at once or a little
+# later, keep failing in a way that is retried or one that is not, or never return.
 defaults = st.sampled_from(
     [
         Fetch(0.0, "ok", lifetime=60.0),
@@ -297,6 +300,65 @@ class Caller:
     sequence: int
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     outcome: str | None = None
+
+
+def boundary_step(model: Model, state: KeyState, op: Op) -> float:
+    """Return how far to advance to land ``op.number`` seconds from a boundary, or 0."""
+    target = math.inf
+    if op.kind == "to-cooldown-end":
+        target = model.cooldown_until(state)
+    elif state.current is not None:
+        issued = state.current
+        target = issued.refresh_at if op.kind == "to-window" else issued.usable_until
+    step = target + op.number - model.clock.monotonic()
+    return step if math.isfinite(step) else 0.0
+
+
+def check_invalidate(cache: TokenCache, model: Model, op: Op) -> None:
+    """Invalidate the current or an older token; only the cached one may be dropped."""
+    state = model.keys[op.key]
+    cached = state.current.token if state.current is not None else None
+    if op.kind == "invalidate-current" and cached is not None:
+        target = cached
+    elif len(state.issued) >= 2:
+        target = state.issued[0].token
+    else:
+        target = Token(f"foreign-{VALUE_TAIL}")
+    expected = state.invalidated_at is None and target is cached
+    if cache.invalidate(target, op.key) != expected:
+        model.violation(f"{op.kind} on key {op.key} did not return {expected}")
+
+
+def check_peek(cache: TokenCache, model: Model, op: Op) -> None:
+    """peek() returns the cached token while it is usable and not invalidated."""
+    state = model.keys[op.key]
+    issued = state.current
+    expected = None
+    if (
+        issued is not None
+        and state.invalidated_at is None
+        and model.clock.monotonic() < issued.usable_until
+    ):
+        expected = issued.token
+    if cache.peek(op.key) is not expected:
+        model.violation(f"peek({op.key}) disagreed with the model")
+
+
+def check_hot_get(cache: TokenCache, model: Model, op: Op) -> None:
+    """A fresh token comes back from get() without suspending."""
+    state = model.keys[op.key]
+    issued = state.current
+    if issued is None or state.invalidated_at is not None:
+        return
+    if model.clock.monotonic() >= issued.refresh_at:
+        return
+    try:
+        token = get_at_once(cache, op.key)
+    except AssertionError:
+        model.violation(f"get({op.key}) suspended on a fresh token")
+        return
+    if token is not issued.token:
+        model.violation(f"get({op.key}) returned another token than the fresh one")
 
 
 async def run_program(
@@ -374,56 +436,19 @@ async def run_program(
             elif op.kind == "advance":
                 await clock.advance(op.number)
             elif op.kind in {"to-window", "to-margin", "to-cooldown-end"}:
-                # Jump close to a boundary of the key's state, where bugs tend to hide.
-                target = math.inf
-                if op.kind == "to-cooldown-end":
-                    target = model.cooldown_until(state)
-                elif state.current is not None:
-                    current = state.current
-                    target = current.refresh_at if op.kind == "to-window" else current.usable_until
-                step = target + op.number - clock.monotonic()
-                if math.isfinite(step) and step > 0:
+                step = boundary_step(model, state, op)
+                if step > 0:
                     await clock.advance(step)
             elif op.kind == "settle":
                 await wait_all_tasks_blocked()
             elif op.kind == "script" and op.fetch is not None:
                 state.script.append(op.fetch)
             elif op.kind in {"invalidate-current", "invalidate-stale"}:
-                current = state.current
-                live = current is not None and state.invalidated_at is None
-                if op.kind == "invalidate-current" and current is not None:
-                    target = current.token
-                elif len(state.issued) >= 2:
-                    target = state.issued[0].token
-                else:
-                    target = Token(f"foreign-{VALUE_TAIL}")
-                expected = live and current is not None and target is current.token
-                if cache.invalidate(target, op.key) != expected:
-                    model.violation(f"invalidate({op.kind}) on key {op.key} was not {expected}")
+                check_invalidate(cache, model, op)
             elif op.kind == "peek":
-                current = state.current
-                now = clock.monotonic()
-                expected_token = (
-                    current.token
-                    if current is not None
-                    and state.invalidated_at is None
-                    and now < current.usable_until
-                    else None
-                )
-                if cache.peek(op.key) is not expected_token:
-                    model.violation(f"peek({op.key}) disagreed with the model")
+                check_peek(cache, model, op)
             elif op.kind == "hot-get":
-                current = state.current
-                if (
-                    current is not None
-                    and state.invalidated_at is None
-                    and clock.monotonic() < current.refresh_at
-                ):
-                    try:
-                        if get_at_once(cache, op.key) is not current.token:
-                            model.violation(f"hot get({op.key}) returned another token")
-                    except AssertionError:
-                        model.violation(f"hot get({op.key}) suspended on a fresh token")
+                check_hot_get(cache, model, op)
 
         # Let every refresh end. Without fetches that never answer, a refresh lasts at most
         # its 30 s timeout, and a waiter of an abandoned one starts at most one more, so

@@ -10,14 +10,15 @@ from types import TracebackType
 
 import anyio
 import pytest
-
 from stress.single_flight import (
+    CacheFactory,
     CountingSource,
     StressConfig,
     expected_fetches,
     main,
     run_stress,
 )
+
 from tokenflight import Clock, Token
 from tokenflight.testing import FakeClock
 
@@ -60,7 +61,7 @@ class BrokenCache:
         return None
 
 
-def broken(bug: str) -> object:
+def broken(bug: str) -> CacheFactory:
     def factory(source: CountingSource, clock: Clock, config: StressConfig) -> BrokenCache:
         return BrokenCache(source, bug)
 
@@ -91,7 +92,7 @@ async def test_stress_catches_duplicate_fetches() -> None:
     clock = FakeClock()
 
     async with clock.autojump():
-        report = await run_stress(SMALL, clock, cache_factory=broken("no single flight"))  # type: ignore[arg-type]
+        report = await run_stress(SMALL, clock, cache_factory=broken("no single flight"))
 
     assert "fetches in flight" in report.broken
     assert "duplicate fetch" in report.broken
@@ -102,7 +103,7 @@ async def test_stress_catches_expired_token() -> None:
     clock = FakeClock()
 
     async with clock.autojump():
-        report = await run_stress(SMALL, clock, cache_factory=broken("never refreshes"))  # type: ignore[arg-type]
+        report = await run_stress(SMALL, clock, cache_factory=broken("never refreshes"))
 
     assert "unusable token" in report.broken
 
@@ -112,7 +113,7 @@ async def test_stress_catches_hung_callers() -> None:
     clock = FakeClock()
 
     async with clock.autojump():
-        report = await run_stress(SMALL, clock, cache_factory=broken("hangs"))  # type: ignore[arg-type]
+        report = await run_stress(SMALL, clock, cache_factory=broken("hangs"))
 
     assert clock.monotonic() == 1000.0 + SMALL.seconds + SMALL.grace
     assert report.broken == {

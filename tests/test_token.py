@@ -73,7 +73,7 @@ def test_compares_by_identity() -> None:
     first = Token("abc", expires_in=60)
     twin = Token("abc", expires_in=60)
 
-    assert first == first  # noqa: PLR0124 - identity is the point
+    assert first == first
     assert first != twin
     assert len({first, twin}) == 2
 

@@ -24,13 +24,33 @@ def _secret_fingerprint(secret: str | bytes) -> str:
     return hashlib.sha256(secret).hexdigest()[:8]
 
 
-def _check_header_safe(value: str, what: str, *, secret: bool) -> None:
-    # These values travel in header values, where CR or LF could inject a header.
+def check_header_value(value: str, what: str, *, secret: bool) -> None:
+    """Raise :class:`InvalidTokenError` unless ``value`` can be sent in an HTTP header.
+
+    The value must be non-empty printable ASCII: a CR or LF could inject a header, and
+    httpx encodes header values as ASCII and fails on other characters with an error
+    that quotes the value.
+
+    :param what: how the message names the value, such as ``"key id"``.
+    :param secret: show only the value's fingerprint in the message, not the character
+        that failed (a control character is still shown, since it tells the fix).
+    """
+    if not value:
+        msg = f"{what} is empty"
+        raise InvalidTokenError(msg)
     for index, char in enumerate(value):
         if char < " " or char == "\x7f":
-            label = f" (fingerprint {fingerprint(value)})" if secret else ""
-            msg = f"{what} contains the control character {char!r} at index {index}{label}"
-            raise InvalidTokenError(msg)
+            problem = f"the control character {char!r}"
+        elif not char.isascii():
+            problem = "a non-ASCII character" if secret else f"the non-ASCII character {char!r}"
+        else:
+            continue
+        label = f" (fingerprint {fingerprint(value)})" if secret else ""
+        msg = (
+            f"{what} contains {problem} at index {index}{label}; HTTP header values must "
+            "be printable ASCII"
+        )
+        raise InvalidTokenError(msg)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -46,8 +66,9 @@ class Credentials:
     :param session_token: a temporary session token sent along with the signature, as
         AWS STS credentials have.
     :raises InvalidTokenError: when the secret is empty, or when the key id or the
-        session token is empty or contains a control character. The message never
-        contains the secret or the session token.
+        session token is empty or contains a control character or a non-ASCII character,
+        which an HTTP header cannot carry. The message never contains the secret or the
+        session token.
     """
 
     key_id: str | None
@@ -66,12 +87,12 @@ class Credentials:
             if not isinstance(self.key_id, str) or not self.key_id:
                 msg = f"key_id must be a non-empty str or None, got {self.key_id!r}"
                 raise InvalidTokenError(msg)
-            _check_header_safe(self.key_id, "key id", secret=False)
+            check_header_value(self.key_id, "key id", secret=False)
         if self.session_token is not None:
             if not isinstance(self.session_token, str) or not self.session_token:
                 msg = "session_token must be a non-empty str or None"
                 raise InvalidTokenError(msg)
-            _check_header_safe(self.session_token, "session token", secret=True)
+            check_header_value(self.session_token, "session token", secret=True)
 
     @classmethod
     def from_token(cls, token: Token) -> Credentials:

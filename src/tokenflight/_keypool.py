@@ -43,8 +43,14 @@ import anyio
 import httpx
 
 from ._clock import Clock, SystemClock
-from ._credentials import Credentials
-from ._errors import ConfigurationError, NoUsableKeyError, RateLimitedError, SigningError
+from ._credentials import Credentials, check_header_value
+from ._errors import (
+    ConfigurationError,
+    InvalidTokenError,
+    NoUsableKeyError,
+    RateLimitedError,
+    SigningError,
+)
 from ._policy import Backoff
 from ._signing import (
     KeyLease,
@@ -178,6 +184,9 @@ class KeyPool:
     :param random: function returning floats in [0, 1) for the cooldown jitter.
     :raises ConfigurationError: for an empty pool, an unknown strategy, a negative
         ``min_cooldown``, or the same key twice.
+    :raises InvalidTokenError: for an API key string that is empty or contains a
+        control character or a non-ASCII character, which an HTTP header cannot carry.
+        The message shows the key's fingerprint, never the key.
     """
 
     def __init__(
@@ -250,9 +259,18 @@ class KeyPool:
     def add(self, key: str | Credentials | PoolKey) -> None:
         """Add a key to the pool; it is usable at once.
 
+        An API key string is checked here, so that a bad key fails when it is added and
+        not at its first request. The secret of :class:`~tokenflight.Credentials` is a
+        signing secret that no header carries, so it is not checked.
+
         :raises ConfigurationError: when the pool already contains the same secret.
+        :raises InvalidTokenError: for an API key string that is empty or contains a
+            control character or a non-ASCII character. The message shows the key's
+            fingerprint, never the key.
         """
         pool_key = key if isinstance(key, PoolKey) else PoolKey(key)
+        if isinstance(pool_key.credentials, str):
+            check_header_value(pool_key.credentials, "the API key", secret=True)
         credentials = _as_credentials(pool_key.credentials)
         for existing in self._keys:
             if not existing.removed and existing.credentials.secret == credentials.secret:
@@ -625,13 +643,19 @@ class KeyPoolAuth(SigningAuth):
     def _sign(
         self, request: httpx.Request, credentials: Credentials, body: bytes | None, now: float
     ) -> None:
+        # API key strings were checked when they joined the pool; the secret of
+        # Credentials given to the pool was not.
         secret = credentials.secret
-        if not isinstance(secret, str) or any(ch < " " or ch == "\x7f" for ch in secret):
+        if not isinstance(secret, str):
             msg = (
                 f"the key with fingerprint {credentials.fingerprint} cannot go in a header: "
-                "it must be a str without control characters"
+                "it is bytes; pass the API key as a str"
             )
             raise SigningError(msg)
+        try:
+            check_header_value(secret, "the API key", secret=True)
+        except InvalidTokenError as error:
+            raise SigningError(str(error)) from None
         value = secret if self._scheme is None else f"{self._scheme} {secret}"
         request.headers[self.signature_header] = value
 

@@ -56,7 +56,7 @@ async def _wait_all_tasks_blocked(*, last: bool) -> None:
             return
 
         # trio wakes one waiter at a time, the smallest cushion first and ties in no set
-        # order. Autojump waits with no cushion while nobody else waits; if it wins a tie
+        # order. Autojump waits with no cushion while no other task waits. If it wins a tie
         # anyway, it waits again with a cushion of a microsecond (a millisecond of real
         # time, at the event loop's resolution), which lets the other waiters go first.
         while True:
@@ -200,7 +200,7 @@ class FakeClock:
 
         The fake-clock counterpart of :func:`anyio.move_on_after`, whose deadline is on the
         event loop's real clock and so never passes in a test driven by a FakeClock. The
-        yielded scope's ``cancelled_caught`` tells whether the deadline cut the block short.
+        yielded scope's ``cancelled_caught`` is true when the deadline cut the block short.
         """
         deadline_scope = anyio.CancelScope()
 
