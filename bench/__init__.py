@@ -9,6 +9,7 @@ would pick instead.
 * ``burst``: 1,000 and 10,000 concurrent requests at cold start and after expiry;
 * ``outage``: the token endpoint responds with 503 for 2 seconds under 200 callers;
 * ``cancel``: the task that started a refresh is cancelled;
+* ``stall``: the longest event-loop stall while tokens expire under light load;
 * ``jwt``: requests that each need a locally signed JWT, against per-request signing;
 * ``memory``: memory per cached key with 100,000 keys.
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 
-import tokenflight
-from tokenflight import AuthClient, Token, TokenAuth, TokenCache, TransientRefreshError
+from tokenflight import AuthClient, ClientCredentials, TokenAuth, TokenCache
 
 from ._harness import CLIENT_ID, CLIENT_SECRET, STATIC_TOKEN, Endpoint
 
@@ -77,54 +76,17 @@ BASELINE = Variant("httpx, static header (baseline)", _open_static, needs_token=
 # -- tokenflight -------------------------------------------------------------
 
 
-class _PostTokenSource:
-    """A client-credentials token source, for a tokenflight without ``ClientCredentials``.
-
-    One attempt per ``fetch()``: a 5xx or 429 response and transport errors are transient.
-    """
-
-    def __init__(self, token_url: str, http_client: httpx.AsyncClient) -> None:
-        self._token_url = token_url
-        self._http_client = http_client
-
-    async def fetch(self) -> Token:
-        response = await self._http_client.post(
-            self._token_url,
-            data={"grant_type": "client_credentials"},
-            auth=(CLIENT_ID, CLIENT_SECRET),
-        )
-        if response.status_code >= 500 or response.status_code == 429:
-            raise TransientRefreshError(f"token endpoint responded with {response.status_code}")
-        response.raise_for_status()
-        body = response.json()
-        return Token(
-            body["access_token"],
-            token_type=body.get("token_type", "Bearer"),
-            expires_in=body.get("expires_in"),
-        )
-
-
 def token_source_name() -> str:
-    """Name the token source the tokenflight variants use in this environment."""
-    if hasattr(tokenflight, "ClientCredentials"):
-        return "tokenflight.ClientCredentials"
-    return "a 20-line client-credentials TokenSource in bench/_variants.py"
+    """Name the token source the tokenflight variants use."""
+    return "tokenflight.ClientCredentials (client_secret_basic)"
 
 
 def _tokenflight_cache(
     endpoint: Endpoint, http_client: httpx.AsyncClient, skew: float
 ) -> TokenCache:
-    client_credentials = getattr(tokenflight, "ClientCredentials", None)
-    source: Any
-    if client_credentials is not None:
-        source = client_credentials(
-            endpoint.token_url,
-            CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            http_client=http_client,
-        )
-    else:
-        source = _PostTokenSource(endpoint.token_url, http_client)
+    source = ClientCredentials(
+        endpoint.token_url, CLIENT_ID, client_secret=CLIENT_SECRET, http_client=http_client
+    )
     return TokenCache(source, skew=skew)
 
 

@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "burst": "bench._burst",
     "outage": "bench._outage",
     "cancel": "bench._cancel",
+    "stall": "bench._stall",
     "jwt": "bench._jwt_group",
     "memory": "bench._memory",
 }

@@ -3,7 +3,7 @@
 :class:`FaultSchedule` lays out one run as phases (latency spikes, 5xx bursts, 429 with
 ``Retry-After``, hangs past the refresh timeout, connection resets, malformed bodies)
 separated by calm phases, and places the two wall-clock jumps. :class:`FaultyServer`
-holds the servers' logic and counters and does not care how requests reach it:
+contains the servers' logic and counters and does not care how requests reach it:
 
 * ``python -m stress.faults`` serves it over real HTTP/1.1 on 127.0.0.1 in a process of
   its own, so its work and memory stay out of the measured client (:func:`serve`);
@@ -110,7 +110,8 @@ _MALFORMED_BODIES: tuple[tuple[str, str, bytes], ...] = (
     ("JSON array", "application/json", b'["access_token", "expires_in"]'),
     ("oversized", "application/json", b""),  # built on demand: see _OVERSIZED_BYTES
 )
-# Larger than any sane token-response limit: the client must cut it off, not buffer it.
+# 16 times the library's default limit for token responses (256 KiB): the client must
+# cut it off, not buffer it.
 _OVERSIZED_BYTES = 4 * 1024 * 1024
 
 # Counters of events over time are kept for at most this many events.
@@ -189,7 +190,7 @@ class FaultSchedule:
 class ServerConfig:
     """How the servers behave; shared by the client and the server process.
 
-    :param client_id: the one client the token endpoint knows.
+    :param client_id: the only client the token endpoint accepts.
     :param client_secret: its secret; starts with :data:`MARKER`.
     :param token_lifetime: ``expires_in`` of every token, in seconds.
     :param seconds: length of the run, which fixes the schedule.
@@ -323,13 +324,13 @@ class FaultyServer:
         self._latest: dict[str, str] = {}
         self._serial = 0
         self._counters = _Counters()
-        # Per scope: when its last 429 was answered and how long it asked the client to wait.
+        # Per scope: the time before which its last 429 asked the client not to come back.
         self._retry_not_before: dict[str, float] = {}
         # (elapsed seconds, scope, outcome) per token request, for the report's windows.
         self._token_events: list[tuple[float, str, str]] = []
         # (elapsed seconds, reason, seconds past expiry) per API 401.
         self._unauthorized_events: list[tuple[float, str, float]] = []
-        # Request ids that were answered 401, with the number of attempts seen.
+        # Request ids that got a 401, with the number of attempts seen.
         self._attempts: dict[str, int] = {}
         self._next_revocation = math.inf
         self._next_purge = 0.0
@@ -361,7 +362,7 @@ class FaultyServer:
     # -- requests ----------------------------------------------------------------
 
     async def handle(self, request: ServerRequest) -> Reply | Reset:
-        """Answer one request, injecting the fault of the current phase."""
+        """Return the reply to one request, injecting the fault of the current phase."""
         if request.path == "/_soak/start" and request.method == "POST":
             self.start()
             return Reply.json(200, {"started": True})

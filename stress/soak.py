@@ -9,8 +9,8 @@ and printed as a report; :func:`main` returns 1 when one is violated.
 
 Each request first awaits its key's token from the cache, then waits for one of the
 key's connection slots (a limiter as large as the connection pool), then sends. Waiting
-for a refresh therefore never holds a connection, and httpcore's pool, whose work per
-request grows with its queue, never has a queue.
+for a refresh therefore never occupies a connection, and httpcore's pool, whose work
+per request grows with its queue, never has a queue.
 
 Run it with ``python -m stress.soak --seconds 60 --backend both``. The servers run in a
 process of their own on 127.0.0.1 (see ``stress/faults.py``); :func:`run_soak` with a
@@ -210,7 +210,7 @@ class JumpingClock:
 
 @contextlib.asynccontextmanager
 async def _deadline(clock: Clock, seconds: float) -> AsyncIterator[anyio.CancelScope]:
-    """Cancel the block after ``seconds`` on ``clock``; the scope tells whether it did."""
+    """Cancel the block after ``seconds`` on ``clock``; see the scope's ``cancelled_caught``."""
     if isinstance(clock, FakeClock):
         async with clock.move_on_after(seconds) as scope:
             yield scope
@@ -302,7 +302,7 @@ def _task_count() -> int:
 
 @dataclass
 class _Run:
-    """Where one run's servers are and how to reach them, for :func:`_drive`."""
+    """The addresses and controls of one run's servers, for :func:`_drive`."""
 
     config: SoakConfig
     clock: WallJumpClock
@@ -567,7 +567,7 @@ async def _jump_wall_clock(clock: WallJumpClock, schedule: FaultSchedule, zero: 
 async def _sample(
     clock: Clock, meter: Meter, cache: TokenCache, config: SoakConfig, scope: anyio.CancelScope
 ) -> None:
-    """Every second: the cache's refreshes in flight and, if traced, the memory in use."""
+    """Record, every second, the cache's refreshes in flight and, if traced, memory in use."""
     with scope:
         for _ in range(int(config.seconds * 2) + 10):
             cache_statistics = cache.statistics()
@@ -591,7 +591,7 @@ async def _send_requests(
     config: SoakConfig,
     stop_at: float,
 ) -> None:
-    """One task: requests with a jittered pause between them until the run ends."""
+    """Send requests from one task, with a jittered pause between them, until the run ends."""
     rng = random.Random(config.seed * 1_000_003 + index)
     pause = config.tasks / config.rate
     # Start times spread over one pause, so that the run sends about ``rate`` requests

@@ -8,8 +8,8 @@ argument's ``str`` and ``repr``, extra attributes, and any formatted exception o
 A test that registers nothing cannot fail because of the guard.
 
 Records of the ``tokenflight`` loggers are checked at every level, DEBUG included, even
-when no handler would emit them: the guard makes those loggers build every record, looks
-at it, and passes on only the records their configured level lets through. Other
+when no handler would emit them. The guard makes those loggers build every record and
+checks it, then passes on only the records their configured level lets through. Other
 handlers, ``caplog`` included, see exactly the records they would see without the guard.
 
 Besides the raw text, the guard looks for the URL-encoded and base64 forms of each
@@ -247,8 +247,8 @@ def _patch_logger(
     """Make ``logger`` build records at every level and show each one to ``guard``.
 
     Records below the logger's effective level are checked and then dropped, so no
-    handler sees a record it would not have seen without the guard. The logger's level
-    is not changed: ``caplog.set_level`` and the like keep working. Returns what
+    handler receives a record it would not receive without the guard. The logger's level
+    is not changed, so ``caplog.set_level`` and the like keep working. Returns what
     :func:`_unpatch_logger` needs to restore the logger.
     """
     saved = {name: vars(logger)[name] for name in _PATCHED_METHODS if name in vars(logger)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -268,7 +269,11 @@ def test_jwt_apple_preset(
         (["--preset", "github-app", "--iss", "1", "--sub", "x"], "drop --sub"),
         (["--claim", "novalue"], "--claim expects NAME=VALUE"),
         (["--algorithm", "RS256"], "RS256 needs an RSA private key, got an EC P-256"),
-        (["--lifetime", "-5"], "lifetime must be >= 0"),
+        (["--lifetime", "-5"], "lifetime must be > 0 seconds, got -5.0"),
+        (
+            ["--preset", "apple", "--iss", "T", "--kid", "K", "--algorithm", "ES384"],
+            "drop --algorithm",
+        ),
         (["--skew", "nan"], "skew must be a finite number"),
     ],
 )
@@ -295,7 +300,140 @@ def test_jwt_without_key(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_jwt_missing_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["jwt", "--key-file", str(tmp_path / "missing.pem")]) == 2
-    assert "missing.pem' does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot read the --key-file file: No such file or directory" in err
+    assert "missing.pem" not in err
+
+
+# A path that is really a secret pasted in the wrong place.
+PASTED = "pasted-secret-value-0123456789"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["jwt", "--key-file", PASTED],
+        ["jwt", "--key-file", "key.pem", "--passphrase-file", PASTED],
+        ["jwt", "--key-file", "key.pem", "--claims-file", PASTED],
+        ["inspect", "--token-file", PASTED],
+    ],
+    ids=["key-file", "passphrase-file", "claims-file", "token-file"],
+)
+def test_unreadable_file_path_not_shown(
+    argv: list[str],
+    tmp_path: Path,
+    ec_key: ec.EllipticCurvePrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write_pem(tmp_path / "key.pem", ec_key)
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    option = argv[argv.index(PASTED) - 1]
+    assert f"cannot read the {option} file: No such file or directory" in err
+    assert PASTED not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_claims_file_path_not_shown(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = _write_pem(tmp_path / "key.pem", ec_key)
+    claims_file = tmp_path / PASTED
+    claims_file.write_text("{not json")
+    assert run(["jwt", "--key-file", str(key_file), "--claims-file", str(claims_file)]) == 2
+    err = capsys.readouterr().err
+    assert "the --claims-file file is not valid JSON" in err
+    assert PASTED not in err
+
+
+def test_jwt_encrypted_key_names_options(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = _write_pem(tmp_path / "key.pem", rsa_key, PASSPHRASE)
+    for argv in (
+        ["jwt", "--key-file", str(key_file)],
+        ["jwt", "--key-file", str(key_file), "--algorithm", "RS256"],
+    ):
+        assert run(argv) == 2
+        err = capsys.readouterr().err
+        assert "the private key is encrypted; pass it with --passphrase-file PATH" in err
+        assert "as password" not in err
+        assert "--algorithm" not in err
+
+
+def test_jwt_algorithm_hint_only_for_secrets(
+    tmp_path: Path,
+    rsa_key: rsa.RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    encrypted_file = _write_pem(tmp_path / "encrypted.pem", rsa_key, PASSPHRASE)
+    monkeypatch.setenv("TOKENFLIGHT_KEY_PASSPHRASE", "wrong passphrase")
+    unrelated = {
+        "public key": ["jwt", "--key-file", str(public_file)],
+        "wrong passphrase": ["jwt", "--key-file", str(encrypted_file)],
+    }
+    for case, argv in unrelated.items():
+        assert run(argv) == 2, case
+        assert "--algorithm" not in capsys.readouterr().err, case
+
+    monkeypatch.delenv("TOKENFLIGHT_KEY_PASSPHRASE")
+    monkeypatch.setenv("TOKENFLIGHT_JWT_KEY", HMAC_SECRET)
+    assert run(["jwt"]) == 2
+    assert "for an HMAC secret, pass --algorithm HS256" in capsys.readouterr().err
+
+
+def test_jwt_env_key_never_read_as_path(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A value that is neither PEM nor a JWK is not taken as a file path.
+    monkeypatch.setenv("TOKENFLIGHT_JWT_KEY", PASTED)
+    assert run(["jwt", "--algorithm", "RS256"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot parse the key" in err
+    assert "pathlib" not in err
+    assert PASTED not in err
+
+
+@pytest.mark.parametrize(
+    ("preset", "key_type", "expected"),
+    [
+        (
+            "github-app",
+            "ec",
+            "GitHub Apps sign their JWTs with RS256, so they need an RSA private key, got an "
+            "EC P-256 private key; use the private key generated in the app's settings",
+        ),
+        ("apple", "rsa", "need an EC P-256 private key, got an RSA 2048-bit private key"),
+    ],
+)
+def test_jwt_preset_wrong_key_type(
+    preset: str,
+    key_type: str,
+    expected: str,
+    tmp_path: Path,
+    ec_key: ec.EllipticCurvePrivateKey,
+    rsa_key: rsa.RSAPrivateKey,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key_file = _write_pem(tmp_path / "key.pem", ec_key if key_type == "ec" else rsa_key)
+    argv = ["jwt", "--key-file", str(key_file), "--preset", preset, "--iss", "1", "--kid", "K"]
+    if preset == "github-app":
+        argv = argv[:-2]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "use ES256" not in err
+    assert "use RS256" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_jwt_hmac_needs_algorithm(
@@ -452,6 +590,27 @@ def test_inspect_terminal_stdin(capsys: pytest.CaptureFixture[str]) -> None:
     args = _parser().parse_args(["inspect"])
     assert args.run(args, clock=FakeClock(), stdin=Terminal()) == 2
     assert "pipe the JWT on standard input" in capsys.readouterr().err
+
+
+def test_inspect_escapes_unprintable() -> None:
+    header = "eyJhbGciOiJub25lIn0"  # {"alg":"none"}
+    document = b'{"sub": "a\\ud800b", "x\\u001b[31my": "c\\u009bd", "ok": "caf\\u00e9"}'
+    claims = base64.urlsafe_b64encode(document).decode().rstrip("=")
+    for as_json in (False, True):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        args = _parser().parse_args(["inspect", *(["--json"] if as_json else [])])
+        with contextlib.redirect_stdout(stdout):
+            args.run(args, clock=FakeClock(), stdin=io.StringIO(f"{header}.{claims}."))
+        stdout.flush()
+        out = stdout.buffer.getvalue().decode("utf-8")
+
+        assert "a\\ud800b" in out
+        assert "c\\u009bd" in out
+        assert "x\\u001b[31my" in out
+        assert "caf\u00e9" in out
+        assert "\x1b" not in out
+        if as_json:
+            assert json.loads(out)["claims"]["sub"] == "a\ud800b"
 
 
 def test_inspect_missing_env(capsys: pytest.CaptureFixture[str]) -> None:

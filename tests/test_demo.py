@@ -16,6 +16,7 @@ import pytest
 from secret_guard import SecretGuard
 from servers.fixtures import OidcServer
 from tokenflight import ConfigurationError
+from tokenflight import _demo as demo_module
 from tokenflight._cli import CLIENT_SECRET_ENV, _demo_options, build_parser, main
 from tokenflight._demo import DemoError, DemoOptions, run_demo
 from tokenflight._demo._servers import TokenEndpoint, TokenRegistry, serve
@@ -226,6 +227,14 @@ def test_command_against_oidc_provider(
             "drop --token-lifetime",
         ),
         (["--client-secret", SECRET], "put the secret in a file"),
+        (["--unsafe-allow-http"], "--unsafe-allow-http applies only with --token-url"),
+        (
+            [
+                *("--token-url", "https://login.example.com/token", "--client-id", "c"),
+                *("--client-secret-file", f"{SECRET}-pasted"),
+            ],
+            "cannot read the --client-secret-file file: No such file or directory",
+        ),
     ],
 )
 def test_bad_option_one_line(
@@ -255,8 +264,49 @@ def test_plain_http_token_url_rejected(
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1
-    assert "https" in err
+    assert err.startswith("tokenflight demo: error: --token-url 'http://login.example.com/token'")
+    assert "use https://, or pass --unsafe-allow-http for a test setup" in err
+    assert "unsafe_allow_http=True" not in err
     assert SECRET not in err
+
+
+def test_unsafe_allow_http_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CLIENT_SECRET_ENV, SECRET)
+    argv = ["demo", "--token-url", "http://login.example.com/token", "--client-id", "c"]
+
+    options = _demo_options(build_parser().parse_args([*argv, "--unsafe-allow-http"]))
+
+    assert options.unsafe_allow_http is True
+    assert options.token_url == "http://login.example.com/token"
+
+
+@pytest.mark.anyio
+async def test_unsafe_allow_http_reaches_source(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The source is built before any server starts. This stand-in records its arguments
+    # and stops the run there, so nothing is sent to the external host.
+    received: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_client_credentials(*args: object, **kwargs: object) -> None:
+        received.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(demo_module, "ClientCredentials", fake_client_credentials)
+    options = DemoOptions(
+        backend=anyio_backend,
+        token_url="http://login.example.com/token",
+        client_id="c",
+        client_secret=SECRET,
+        unsafe_allow_http=True,
+    )
+    with pytest.raises(Stop):
+        await run_demo(options)
+
+    assert received["unsafe_allow_http"] is True
 
 
 def test_no_command_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -331,6 +381,7 @@ def test_bad_secret_file_one_line(
     assert status == 2
     assert err.count("\n") == 1
     assert "--client-secret-file" in err
+    assert str(secret_file) not in err
 
 
 # -- the summary -----------------------------------------------------------------------

@@ -248,6 +248,30 @@ async def test_verifier_memory_fails_closed() -> None:
     with pytest.raises(SignatureVerificationError) as raised:
         verify(verifier, first)
     assert raised.value.reason == "timestamp"
+    assert "a replay cannot be ruled out" in str(raised.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("offset", "expected"),
+    [
+        (-1_796_421_052, "is 1796421052 s behind the verifier's clock"),
+        (301, "is 301 s ahead of the verifier's clock"),
+    ],
+    ids=["past", "future"],
+)
+async def test_verifier_timestamp_direction(offset: int, expected: str) -> None:
+    clock = FakeClock()
+    request = await send(HmacAuth(CREDENTIALS, clock=clock), "GET", "https://api.example.com/")
+    verifier_clock = FakeClock(wall_start=clock.time() - offset)
+    verifier = HmacVerifier({"key-1": SECRET}, tolerance=300, clock=verifier_clock)
+
+    with pytest.raises(SignatureVerificationError) as raised:
+        verify(verifier, request)
+
+    assert raised.value.reason == "timestamp"
+    assert expected in str(raised.value)
+    assert "+" not in str(raised.value)
 
 
 def test_verifier_error_pickles() -> None:
@@ -567,3 +591,38 @@ async def test_secret_absent_everywhere(caplog: pytest.LogCaptureFixture) -> Non
     with pytest.raises(InvalidTokenError) as raised:
         Credentials("key-1", SECRET, "bad\ntoken-secret")
     assert "token-secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "session_token",
+    ["token-secret-\u00e9", "token-secret\r\nX-Injected: 1", "token-secret\x00"],
+    ids=["non-ascii", "crlf", "nul"],
+)
+def test_credentials_session_token_checked(session_token: str) -> None:
+    with pytest.raises(InvalidTokenError) as raised:
+        Credentials("key-1", SECRET, session_token)
+
+    message = str(raised.value)
+    assert "session token contains" in message
+    assert "token-secret" not in message
+    assert "\u00e9" not in message
+    assert "fingerprint" in message
+
+
+@pytest.mark.parametrize(
+    ("key_id", "shown"),
+    [("k\u00e9y-1", "'\u00e9' at index 1"), ("key\n1", "'\\n' at index 3")],
+    ids=["non-ascii", "line-break"],
+)
+def test_credentials_key_id_checked(key_id: str, shown: str) -> None:
+    with pytest.raises(InvalidTokenError, match="key id contains the") as raised:
+        Credentials(key_id, SECRET)
+
+    assert shown in str(raised.value)
+
+
+def test_credentials_secret_may_be_non_ascii() -> None:
+    # The secret is only hashed, never sent, so any text is a valid secret.
+    credentials = Credentials("key-1", "s\u00e9cret-\u2028")
+
+    assert credentials.secret_bytes == "s\u00e9cret-\u2028".encode()

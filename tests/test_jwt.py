@@ -267,6 +267,24 @@ def test_bad_lifetime_rejected(ec_key: ec.EllipticCurvePrivateKey, lifetime: Any
         signer.sign({}, lifetime=lifetime)
 
 
+@pytest.mark.parametrize(("lifetime", "shown"), [(0, "0"), (-5, "-5"), (-0.5, "-0.5")])
+def test_lifetime_message_consistent(
+    ec_key: ec.EllipticCurvePrivateKey, lifetime: float, shown: str
+) -> None:
+    signer = JwtSigner(load_signing_key(ec_key, algorithm="ES256"))
+    expected = f"lifetime must be > 0 seconds, got {shown}"
+    with pytest.raises(ConfigurationError) as from_sign:
+        signer.sign({}, lifetime=lifetime)
+    with pytest.raises(ConfigurationError) as from_source:
+        JwtSource(signer, lifetime=lifetime)
+    with pytest.raises(ConfigurationError) as from_max:
+        JwtSigner(signer.key, max_lifetime=lifetime)
+
+    assert str(from_sign.value) == expected
+    assert str(from_source.value) == expected
+    assert str(from_max.value) == f"max_{expected}"
+
+
 def test_signer_needs_signing_key(ec_key: ec.EllipticCurvePrivateKey) -> None:
     with pytest.raises(ConfigurationError, match="load_signing_key"):
         JwtSigner(ec_key)  # type: ignore[arg-type]

@@ -20,12 +20,15 @@ from tokenflight import (
     Credentials,
     HmacAuth,
     HmacVerifier,
+    InvalidTokenError,
     KeyPool,
     KeyPoolAuth,
     NoUsableKeyError,
     PoolKey,
     RateLimitedError,
     RetryPolicy,
+    SigningError,
+    fingerprint,
 )
 from tokenflight.testing import FakeClock, wait_all_tasks_blocked
 
@@ -638,6 +641,63 @@ def test_invalid_pools_rejected() -> None:
         KeyPoolAuth(KeyPool(["k1"]), header="Bad Header")
     with pytest.raises(ConfigurationError):
         RetryPolicy(attempts=-1)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "zyx-secret\n", "zyx-secret\r\nX-Injected: 1", "zyx-s\u00e9cret", "\x00zyx-secret"],
+    ids=["empty", "line-break", "crlf", "non-ascii", "nul"],
+)
+def test_unsendable_key_rejected_on_add(key: str) -> None:
+    with pytest.raises(InvalidTokenError) as raised:
+        KeyPool([key])
+    pool = KeyPool(["good-key"])
+    with pytest.raises(InvalidTokenError) as raised_on_add:
+        pool.add(PoolKey(key, bucket="project-1"))
+
+    for error in (raised.value, raised_on_add.value):
+        message = str(error)
+        assert message.startswith("the API key ")
+        assert "zyx" not in message
+        if key:
+            assert f"fingerprint {fingerprint(key)}" in message
+    assert pool.statistics().keys == 1
+
+
+@pytest.mark.anyio
+async def test_unsendable_credentials_secret_not_sent() -> None:
+    # A Credentials secret is a signing secret, so the pool takes it; KeyPoolAuth still
+    # refuses to put it in a header, before anything is sent.
+    pool = KeyPool([Credentials(None, "zyx-s\u00e9cret")], clock=FakeClock())
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    async with client_for(KeyPoolAuth(pool), record) as client:
+        with pytest.raises(SigningError) as raised:
+            await client.get(URL)
+
+    assert "non-ASCII" in str(raised.value)
+    assert "zyx" not in str(raised.value)
+    assert sent == []
+    assert pool.statistics().in_flight == 0
+
+
+@pytest.mark.parametrize("attempts", [-1, 1.5, True])
+def test_retry_attempts_range_named(attempts: object) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RetryPolicy(attempts=attempts)  # type: ignore[arg-type]
+
+    message = str(raised.value)
+    assert "retries after the first attempt" in message
+    assert "int >= 0" in message
+    assert f"got {attempts!r}" in message
+
+
+def test_retry_attempts_zero_means_no_retry() -> None:
+    assert RetryPolicy(attempts=0).attempts == 0
 
 
 def test_reprs_hide_keys() -> None:

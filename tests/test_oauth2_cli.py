@@ -8,10 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from secret_guard import register_secret
 from servers.fixtures import JwtBearerServer, OidcServer
-from tokenflight._cli_token import register
+from tokenflight import ClientCredentials
+from tokenflight._cli import UNSAFE_ALLOW_HTTP_HELP
+from tokenflight._cli_token import _build_source, register
 
 pytestmark = pytest.mark.server
 
@@ -185,7 +189,7 @@ def test_wrong_secret_fails_without_leaking(
         (["--token-url", "https://idp.example/token", "--client-id", "svc"], "secret"),
         (
             ["--token-url", "http://idp.example/token", "--client-id", "svc"],
-            "unsafe_allow_http",
+            "--unsafe-allow-http",
         ),
         (
             [
@@ -200,7 +204,7 @@ def test_wrong_secret_fails_without_leaking(
                 *("--token-url", "https://idp.example/token", "--client-id", "svc"),
                 *("--key-file", "/nonexistent/key.pem"),
             ],
-            "cannot read the key file",
+            "cannot read the --key-file file",
         ),
     ],
 )
@@ -212,7 +216,7 @@ def test_bad_options_exit_2(
 ) -> None:
     for name in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "JWT_KEY"):
         monkeypatch.delenv(f"TOKENFLIGHT_{name}", raising=False)
-    if "unsafe_allow_http" in problem:
+    if "--unsafe-allow-http" in problem:
         monkeypatch.setenv("TOKENFLIGHT_CLIENT_SECRET", "some-secret-value")
     status = run(["token", *argv])
     err = capsys.readouterr().err
@@ -238,3 +242,177 @@ def test_option_abbreviation_not_read_as_file(capsys: pytest.CaptureFixture[str]
         run(["token", "--client-secret-f", "client.secret"])
     assert caught.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_private_key_algorithm_inferred(
+    oidc_server: OidcServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An EC P-256 key signs with ES256 without --algorithm, as `tokenflight jwt` infers it.
+    client = oidc_server.client("cc-ec")
+    key_file = tmp_path / "client.pem"
+    key_file.write_bytes(client.private_key_pem or b"")
+    argv = ["token", "--issuer-url", oidc_server.issuer, "--client-id", "cc-ec"]
+    argv += ["--key-file", str(key_file), "--key-id", "ec-1"]
+    status = run(argv)
+    out, err = capsys.readouterr()
+    register_secret(out.strip())
+    assert err == ""
+    assert status == 0
+
+
+def test_jwt_bearer_algorithm_inferred(
+    jwt_bearer_server: JwtBearerServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "robot.pem"
+    key_file.write_bytes(jwt_bearer_server.private_key_pem)
+    argv = ["token", "--grant", "jwt_bearer", "--token-url", jwt_bearer_server.token_url]
+    argv += ["--issuer", jwt_bearer_server.issuer, "--key-file", str(key_file)]
+    status = run([*argv, "--scope", "read"])
+    out, err = capsys.readouterr()
+    register_secret(out.strip())
+    assert err == ""
+    assert status == 0
+
+
+def _clear_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "JWT_KEY", "KEY_PASSPHRASE"):
+        monkeypatch.delenv(f"TOKENFLIGHT_{name}", raising=False)
+
+
+def test_token_url_and_issuer_url_exclusive(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clear_token_env(monkeypatch)
+    monkeypatch.setenv("TOKENFLIGHT_CLIENT_SECRET", "some-secret-value")
+    # Loopback URLs on a closed port: were both accepted, nothing would leave the machine.
+    argv = ["token", "--token-url", "https://127.0.0.1:9/token"]
+    argv += ["--issuer-url", "https://127.0.0.1:9", "--client-id", "svc", "--timeout", "1"]
+    status = run(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("tokenflight token: error: ")
+    assert "--token-url or --issuer-url, not both" in err
+    assert err.count("\n") == 1
+
+
+def test_unsafe_allow_http_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_token_env(monkeypatch)
+    monkeypatch.setenv("TOKENFLIGHT_CLIENT_SECRET", "some-secret-value")
+    parser = argparse.ArgumentParser(prog="tokenflight")
+    register(parser.add_subparsers(required=True))
+    argv = ["token", "--token-url", "http://idp.example/token", "--client-id", "svc"]
+
+    # The source accepts the plain http:// URL only with unsafe_allow_http=True.
+    source = _build_source(parser.parse_args([*argv, "--unsafe-allow-http"]))
+
+    assert isinstance(source, ClientCredentials)
+    assert source.token_url == "http://idp.example/token"
+    assert "plain http://" in UNSAFE_ALLOW_HTTP_HELP
+    assert "unencrypted" in UNSAFE_ALLOW_HTTP_HELP
+
+
+@pytest.mark.parametrize(
+    ("url_option", "name"),
+    [("--token-url", "--token-url"), ("--issuer-url", "--issuer-url"), (None, "TOKENFLIGHT")],
+)
+def test_plain_http_names_cli_option(
+    url_option: str | None,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _clear_token_env(monkeypatch)
+    monkeypatch.setenv("TOKENFLIGHT_CLIENT_SECRET", "some-secret-value")
+    argv = ["token", "--client-id", "svc"]
+    if url_option is None:
+        monkeypatch.setenv("TOKENFLIGHT_TOKEN_URL", "http://idp.example/token")
+    else:
+        argv += [url_option, "http://idp.example/token"]
+    status = run(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(f"tokenflight token: error: {name}")
+    assert "pass --unsafe-allow-http for a test setup" in err
+    assert "unsafe_allow_http=True" not in err
+    assert err.count("\n") == 1
+
+
+def test_encrypted_key_names_passphrase_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clear_token_env(monkeypatch)
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "client.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"open sesame"),
+        )
+    )
+    argv = ["token", "--token-url", "https://idp.example/token", "--client-id", "svc"]
+    status = run([*argv, "--key-file", str(key_file)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "the private key is encrypted; pass it with --passphrase-file PATH" in err
+    assert "TOKENFLIGHT_KEY_PASSPHRASE" in err
+    assert "as password" not in err
+    assert "--algorithm" not in err
+
+
+# A path that is really a secret pasted in the wrong place.
+PASTED = "pasted-secret-value-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("extra", "option"),
+    [
+        (["--client-secret-file", PASTED], "--client-secret-file"),
+        (["--key-file", PASTED], "--key-file"),
+        (["--key-file", "KEY", "--passphrase-file", PASTED], "--passphrase-file"),
+        (
+            [
+                *("--client-secret-file", "SECRET", "--grant", "refresh_token"),
+                *("--refresh-token-file", PASTED),
+            ],
+            "--refresh-token-file",
+        ),
+    ],
+)
+def test_unreadable_file_path_not_shown(
+    extra: list[str],
+    option: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _clear_token_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("SECRET").write_text("client-secret-value\n", encoding="utf-8")
+    Path("KEY").write_bytes(b"not read: the passphrase comes first")
+    argv = ["token", "--token-url", "https://idp.example/token", "--client-id", "svc"]
+    status = run([*argv, *extra])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"cannot read the {option} file: No such file or directory" in err
+    assert PASTED not in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("content", "problem"), [(b"\xff\xfe", "not UTF-8"), (b" \n", "empty")])
+def test_bad_secret_file_path_not_shown(
+    content: bytes,
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _clear_token_env(monkeypatch)
+    secret_file = tmp_path / PASTED
+    secret_file.write_bytes(content)
+    argv = ["token", "--token-url", "https://idp.example/token", "--client-id", "svc"]
+    status = run([*argv, "--client-secret-file", str(secret_file)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"the --client-secret-file file is {problem}" in err
+    assert PASTED not in err

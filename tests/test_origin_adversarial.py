@@ -31,7 +31,7 @@ class Arrival:
 
 
 class Recorder:
-    """A transport that records every request and answers from a redirect table."""
+    """A transport that records every request and replies with a redirect from its table, or 200."""
 
     def __init__(self, redirects: dict[str, tuple[int, str]] | None = None) -> None:
         self.arrivals: list[Arrival] = []

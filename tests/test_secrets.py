@@ -581,7 +581,7 @@ def test_guard_catches_exception_text() -> None:
 
 
 def test_guard_keeps_levels(caplog: pytest.LogCaptureFixture) -> None:
-    # The guard sees DEBUG records of the tokenflight loggers, but handlers such as
+    # The guard checks DEBUG records of the tokenflight loggers, but handlers such as
     # caplog still get only what the configured level lets through.
     caplog.set_level(logging.WARNING)
     guard = SecretGuard()

@@ -15,14 +15,83 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from ._errors import ConfigurationError
+from ._keys import PASSPHRASE_HINT
+from ._oauth2_http import ALLOW_HTTP_HINT, USERINFO_HINT, check_endpoint_url
 
-__all__ = ["CLIENT_SECRET_ENV", "UsageError", "build_parser", "main"]
+__all__ = [
+    "CLIENT_SECRET_ENV",
+    "PASSPHRASE_ENV",
+    "UNSAFE_ALLOW_HTTP_HELP",
+    "UsageError",
+    "build_parser",
+    "cli_message",
+    "main",
+    "read_option_file",
+    "read_option_text",
+]
 
 CLIENT_SECRET_ENV = "TOKENFLIGHT_CLIENT_SECRET"  # noqa: S105 - a variable name
+PASSPHRASE_ENV = "TOKENFLIGHT_KEY_PASSPHRASE"  # noqa: S105 - a variable name
+
+UNSAFE_ALLOW_HTTP_HELP = (
+    "allow a plain http:// endpoint on a host other than loopback, which sends the "
+    "credentials and tokens over the network unencrypted; for test setups only"
+)
+
+# Library messages name the Python argument to pass. On the command line, each of these
+# hints becomes the option or variable that sets the same thing.
+_OPTION_HINTS = {
+    ALLOW_HTTP_HINT: "pass --unsafe-allow-http for a test setup",
+    PASSPHRASE_HINT: f"pass it with --passphrase-file PATH or the variable {PASSPHRASE_ENV}",
+    USERINFO_HINT: "pass the client credentials with --client-id and --client-secret-file",
+}
 
 
 class UsageError(Exception):
     """A bad option or combination of options; the message names what to change."""
+
+
+def cli_message(error: Exception) -> str:
+    """Return an error's message with the library's argument hints in command-line words."""
+    message = str(error)
+    for hint, option_hint in _OPTION_HINTS.items():
+        message = message.replace(hint, option_hint)
+    return message
+
+
+def read_option_file(path: Path, option: str) -> bytes:
+    """Return the contents of the file that ``option`` names.
+
+    :raises UsageError: when the file cannot be read. The message names the option and
+        the reason, but not the path, in case a secret was pasted in place of the path.
+    """
+    try:
+        return path.expanduser().read_bytes()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        msg = (
+            f"cannot read the {option} file: {reason} (the path is not shown, in case a "
+            "secret was pasted in its place)"
+        )
+        raise UsageError(msg) from None
+
+
+def read_option_text(path: Path, option: str) -> str:
+    """Return the text of the file that ``option`` names, without surrounding whitespace.
+
+    :raises UsageError: when the file cannot be read, is not UTF-8 or holds only
+        whitespace. No message shows the path or the contents.
+    """
+    data = read_option_file(path, option)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        msg = f"the {option} file is not UTF-8 text"
+        raise UsageError(msg) from None
+    if not text:
+        msg = f"the {option} file is empty"
+        raise UsageError(msg)
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,23 +240,10 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"file holding the client secret (default: the {CLIENT_SECRET_ENV} variable)",
     )
     external.add_argument("--scope", metavar="SCOPE", help="scope to request, space-separated")
+    external.add_argument("--unsafe-allow-http", action="store_true", help=UNSAFE_ALLOW_HTTP_HELP)
     external.add_argument("--client-secret", action=_RejectSecretOption, help=argparse.SUPPRESS)
 
     demo.set_defaults(run=_run_demo)
-
-
-def _read_secret_file(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        msg = f"cannot read --client-secret-file {str(path)!r}: {reason}"
-        raise UsageError(msg) from None
-    secret = text.strip()
-    if not secret:
-        msg = f"--client-secret-file {str(path)!r} is empty"
-        raise UsageError(msg)
-    return secret
 
 
 def _demo_options(args: argparse.Namespace) -> Any:
@@ -197,6 +253,7 @@ def _demo_options(args: argparse.Namespace) -> Any:
         "--client-id": args.client_id,
         "--client-secret-file": args.client_secret_file,
         "--scope": args.scope,
+        "--unsafe-allow-http": args.unsafe_allow_http or None,
     }
     if args.token_url is None:
         for option, value in external_only.items():
@@ -218,11 +275,12 @@ def _demo_options(args: argparse.Namespace) -> Any:
             "endpoint decides, so drop --token-lifetime"
         )
         raise UsageError(msg)
+    check_endpoint_url(args.token_url, name="--token-url", unsafe_allow_http=args.unsafe_allow_http)
     if not args.client_id:
         msg = "--token-url needs --client-id ID"
         raise UsageError(msg)
     if args.client_secret_file is not None:
-        secret = _read_secret_file(args.client_secret_file)
+        secret = read_option_text(args.client_secret_file, "--client-secret-file")
     else:
         secret = os.environ.get(CLIENT_SECRET_ENV, "").strip()
         if not secret:
@@ -240,6 +298,7 @@ def _demo_options(args: argparse.Namespace) -> Any:
         client_id=args.client_id,
         client_secret=secret,
         scope=args.scope,
+        unsafe_allow_http=args.unsafe_allow_http,
         progress=False if args.no_progress else None,
     )
 
@@ -309,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except (UsageError, ConfigurationError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {cli_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -14,25 +14,66 @@ import datetime
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
+from ._cli import PASSPHRASE_ENV, UsageError, cli_message, read_option_file
 from ._clock import Clock, SystemClock
 from ._errors import ConfigurationError, InvalidTokenError
 from ._jwt import JwtSigner, JwtSource, decode_unverified
 from ._keys import (
     ALGORITHMS,
+    KeyInput,
     SigningKey,
+    _strip_line_break,
+    _with_article,
     default_algorithm,
     load_signing_key,
-    signing_key_from_env,
 )
 
-__all__ = ["register", "run_inspect", "run_jwt"]
+__all__ = [
+    "ALGORITHM_HELP",
+    "KEY_ENV",
+    "load_key",
+    "read_passphrase",
+    "register",
+    "run_inspect",
+    "run_jwt",
+]
 
 KEY_ENV = "TOKENFLIGHT_JWT_KEY"
-PASSPHRASE_ENV = "TOKENFLIGHT_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+
+ALGORITHM_HELP = (
+    "JWS algorithm; default: a JWK's alg, else RS256 for RSA keys, ES256/ES384/ES512 by "
+    "EC curve, EdDSA for Ed25519 and Ed448; required for HS256/HS384/HS512"
+)
+
+
+class _PresetKey(NamedTuple):
+    """The key a ``--preset`` needs."""
+
+    algorithm: str
+    key_type: str  # how SigningKey.key_type starts for a key of the right type
+    requirement: str
+    advice: str
+
+
+_PRESET_KEYS = {
+    "github-app": _PresetKey(
+        "RS256",
+        "RSA",
+        "GitHub Apps sign their JWTs with RS256, so they need an RSA private key",
+        "use the private key generated in the app's settings on GitHub",
+    ),
+    "apple": _PresetKey(
+        "ES256",
+        "EC P-256",
+        "Apple provider tokens are signed with ES256, so they need an EC P-256 private key",
+        "use the .p8 key downloaded from the Apple developer account",
+    ),
+}
 
 _JWT_EPILOG = f"""\
 The key comes from --key-file, --key-env, or else the environment variable {KEY_ENV}:
@@ -73,11 +114,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--key-env", metavar="NAME", help=f"environment variable with the key (default {KEY_ENV})"
     )
     key_group.add_argument(
-        "--algorithm",
-        choices=sorted(ALGORITHMS),
-        metavar="ALG",
-        help="JWS algorithm; default: RS256 for RSA keys, ES256/ES384/ES512 by EC curve, "
-        "EdDSA for Ed25519 and Ed448; required for HS256/HS384/HS512",
+        "--algorithm", choices=sorted(ALGORITHMS), metavar="ALG", help=ALGORITHM_HELP
     )
     key_group.add_argument("--kid", help="key id for the JWT header")
     key_group.add_argument(
@@ -156,10 +193,6 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     inspect.set_defaults(run=run_inspect)
 
 
-class _UsageError(Exception):
-    """A problem with the options: exit status 2."""
-
-
 def _fail(command: str, message: str, status: int) -> int:
     print(f"tokenflight {command}: error: {message}", file=sys.stderr)
     return status
@@ -172,69 +205,141 @@ def run_jwt(args: argparse.Namespace, *, clock: Clock | None = None) -> int:
     """Sign a JWT as the options describe, print it and return the exit status."""
     try:
         token = _sign(args, clock if clock is not None else SystemClock())
-    except (_UsageError, ConfigurationError) as error:
-        return _fail("jwt", str(error), 2)
+    except (UsageError, ConfigurationError) as error:
+        return _fail("jwt", cli_message(error), 2)
     print(token)
     return 0
 
 
-def _read_file(path: Path, description: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        msg = f"cannot read {description} {str(path)!r}: {error.strerror or type(error).__name__}"
-        raise _UsageError(msg) from None
+# -- keys, shared with `tokenflight token` -------------------------------------------------
 
 
-def _passphrase(args: argparse.Namespace) -> bytes | None:
-    if args.passphrase_file is not None:
-        data = _read_file(args.passphrase_file, "the passphrase file")
-        return data.rstrip(b"\r\n")
-    name = args.passphrase_env or PASSPHRASE_ENV
+def read_passphrase(path: Path | None, variable: str | None) -> bytes | None:
+    """Return the passphrase of an encrypted PEM key, or ``None`` when none is given.
+
+    :param path: the file of ``--passphrase-file``; one trailing line break is dropped.
+    :param variable: the variable ``--passphrase-env`` names. Without it,
+        ``TOKENFLIGHT_KEY_PASSPHRASE`` is read if it is set.
+    :raises UsageError: when the file cannot be read, or the named variable is unset.
+    """
+    if path is not None:
+        return read_option_file(path, "--passphrase-file").rstrip(b"\r\n")
+    name = variable or PASSPHRASE_ENV
     value = os.environ.get(name)
     if value:
         return value.encode("utf-8")
-    if args.passphrase_env:
+    if variable:
         msg = f"environment variable {name} is not set or empty; put the passphrase in it"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     return None
 
 
-def _load_key(args: argparse.Namespace, algorithm: str | None) -> SigningKey:
-    password = _passphrase(args)
-    if args.key_file is not None and args.key_env is not None:
-        msg = "give the key with --key-file or --key-env, not both"
-        raise _UsageError(msg)
-    if args.key_file is not None:
-        source: Any = args.key_file
-        if not args.key_file.is_file():
-            msg = f"key file {str(args.key_file)!r} does not exist; pass the path of the key"
-            raise _UsageError(msg)
-    else:
-        name = args.key_env or KEY_ENV
-        if not os.environ.get(name):
-            msg = f"no key: pass --key-file PATH, or put the key in the environment variable {name}"
-            raise _UsageError(msg)
-        if algorithm is not None:
-            return signing_key_from_env(name, algorithm=algorithm, password=password, kid=args.kid)
-        source = os.environ[name].strip()
-        if source.startswith("-----BEGIN") and "\n" not in source:
-            source = source.replace("\\n", "\n")
+def load_key(
+    *,
+    key_file: Path | None,
+    key_env: str | None,
+    algorithm: str | None,
+    password: bytes | None,
+    kid: str | None,
+) -> SigningKey:
+    """Load the signing key of ``--key-file`` or an environment variable.
 
+    Without ``algorithm``, the key's own algorithm is used: a JWK's ``alg``, else the one
+    its type and curve imply (see :func:`~tokenflight._keys.default_algorithm`).
+
+    :param key_env: the variable ``--key-env`` names; ``TOKENFLIGHT_JWT_KEY`` without it.
+    :raises UsageError: when no key is given, its file cannot be read, or the algorithm
+        of an HMAC secret is left out.
+    :raises ConfigurationError: when the key cannot be parsed or does not fit the
+        algorithm. No message contains key material or the key file's path.
+    """
+    source = _key_source(key_file, key_env, algorithm)
     if algorithm is None:
-        try:
-            algorithm = default_algorithm(source, password)
-        except ConfigurationError as error:
-            msg = f"{error}; pass --algorithm (it is required for HS256, HS384 and HS512)"
-            raise _UsageError(msg) from None
-    return load_signing_key(source, algorithm=algorithm, password=password, kid=args.kid)
+        algorithm = _inferred_algorithm(source, password)
+    return load_signing_key(source, algorithm=algorithm, password=password, kid=kid)
+
+
+def _key_source(key_file: Path | None, key_env: str | None, algorithm: str | None) -> KeyInput:
+    if key_file is not None and key_env is not None:
+        msg = "give the key with --key-file or --key-env, not both"
+        raise UsageError(msg)
+    if key_file is not None:
+        data = read_option_file(key_file, "--key-file")
+    else:
+        name = key_env or KEY_ENV
+        value = os.environ.get(name)
+        if not value:
+            msg = f"no key: pass --key-file PATH, or put the key in the environment variable {name}"
+            raise UsageError(msg)
+        # PEM and JWK text lose surrounding whitespace; anything else may be an HMAC
+        # secret, which is taken as it is, like a key file's. Deployment tools often
+        # store PEM on one line, with literal "\n" sequences.
+        text = value.strip()
+        if text.startswith("-----BEGIN") and "\n" not in text:
+            text = text.replace("\\n", "\n")
+        data = (text if text.startswith(("-----BEGIN", "{")) else value).encode("utf-8")
+
+    # The contents are read the way load_signing_key reads a key file: a JWK as JSON
+    # text, an HMAC secret without one trailing line break, or PEM or DER bytes. They
+    # are passed as data, so that no message can show the path.
+    if data.lstrip().startswith(b"{"):
+        return data.decode("utf-8", "replace")
+    if algorithm is not None and algorithm.startswith("HS"):
+        return _strip_line_break(data)
+    return data
+
+
+def _inferred_algorithm(source: KeyInput, password: bytes | None) -> str:
+    try:
+        return default_algorithm(source, password)
+    except ConfigurationError as error:
+        # Bytes that are neither PEM, a JWK nor DER may be an HMAC secret, whose
+        # algorithm cannot be inferred. Other failures (a public key, an encrypted
+        # key, a wrong passphrase) are unrelated to the algorithm.
+        if isinstance(source, bytes) and not source.lstrip().startswith(b"-----BEGIN"):
+            msg = f"{error}; for an HMAC secret, pass --algorithm HS256, HS384 or HS512"
+            raise UsageError(msg) from None
+        raise
+
+
+def _preset_key(args: argparse.Namespace) -> SigningKey:
+    """Load the key of ``--preset``, which fixes the algorithm and the key type."""
+    preset = _PRESET_KEYS[args.preset]
+    if args.algorithm is not None and args.algorithm != preset.algorithm:
+        msg = (
+            f"--preset {args.preset} signs with {preset.algorithm}; "
+            f"drop --algorithm {args.algorithm}"
+        )
+        raise UsageError(msg)
+    password = read_passphrase(args.passphrase_file, args.passphrase_env)
+    source = _key_source(args.key_file, args.key_env, preset.algorithm)
+    try:
+        return load_signing_key(source, algorithm=preset.algorithm, password=password, kid=args.kid)
+    except ConfigurationError:
+        # A key of another type gets a message about the service. A key that cannot
+        # be parsed, or one of the right type that fails (too short, say), keeps the
+        # loader's message.
+        other = _key_of_any_type(source, password)
+        if other is None or other.key_type.startswith(preset.key_type):
+            raise
+        msg = f"{preset.requirement}, got {_with_article(other.key_type)}; {preset.advice}"
+        raise UsageError(msg) from None
+
+
+def _key_of_any_type(source: KeyInput, password: bytes | None) -> SigningKey | None:
+    try:
+        return load_signing_key(
+            source, algorithm=default_algorithm(source, password), password=password
+        )
+    except ConfigurationError:
+        return None
 
 
 def _assignment(text: str, option: str) -> tuple[str, Any]:
     name, separator, raw = text.partition("=")
     if not separator or not name:
         msg = f"{option} expects NAME=VALUE, got {text!r}"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     try:
         value: Any = json.loads(raw)
     except ValueError:
@@ -246,13 +351,13 @@ def _extra_claims(args: argparse.Namespace) -> dict[str, Any]:
     claims: dict[str, Any] = {}
     if args.claims_file is not None:
         try:
-            loaded = json.loads(_read_file(args.claims_file, "the claims file"))
+            loaded = json.loads(read_option_file(args.claims_file, "--claims-file"))
         except ValueError:
-            msg = f"the claims file {str(args.claims_file)!r} is not valid JSON"
-            raise _UsageError(msg) from None
+            msg = "the --claims-file file is not valid JSON"
+            raise UsageError(msg) from None
         if not isinstance(loaded, dict):
-            msg = f"the claims file {str(args.claims_file)!r} must hold a JSON object"
-            raise _UsageError(msg)
+            msg = "the --claims-file file must hold a JSON object"
+            raise UsageError(msg)
         claims.update(loaded)
     for item in args.claim:
         name, value = _assignment(item, "--claim")
@@ -280,27 +385,33 @@ def _sign(args: argparse.Namespace, clock: Clock) -> str:
         ]
         if conflicting:
             msg = f"--preset {args.preset} sets the claims itself; drop {', '.join(conflicting)}"
-            raise _UsageError(msg)
+            raise UsageError(msg)
     if args.preset == "github-app":
         if not args.iss:
             msg = "--preset github-app needs --iss with the app's client ID or app ID"
-            raise _UsageError(msg)
+            raise UsageError(msg)
         app_id: str | int = int(args.iss) if args.iss.isdigit() else args.iss
-        key = _load_key(args, args.algorithm or "RS256")
+        key = _preset_key(args)
         lifetime = 540.0 if args.lifetime is None else args.lifetime
         source = JwtSource.github_app(app_id, key, clock=clock, lifetime=lifetime, skew=args.skew)
         return source.issue().value
     if args.preset == "apple":
         if not args.iss or not args.kid:
             msg = "--preset apple needs --iss with the team id and --kid with the key id"
-            raise _UsageError(msg)
-        key = _load_key(args, args.algorithm or "ES256")
+            raise UsageError(msg)
+        key = _preset_key(args)
         source = JwtSource.apple_provider_token(
             args.iss, args.kid, key, clock=clock, skew=args.skew
         )
         return source.issue().value
 
-    key = _load_key(args, args.algorithm)
+    key = load_key(
+        key_file=args.key_file,
+        key_env=args.key_env,
+        algorithm=args.algorithm,
+        password=read_passphrase(args.passphrase_file, args.passphrase_env),
+        kid=args.kid,
+    )
     time_claims = ["iat", "exp"] if args.no_nbf else ["iat", "nbf", "exp"]
     signer = JwtSigner(
         key,
@@ -337,7 +448,7 @@ def run_inspect(
         return _fail("inspect", f"--skew must be a number of seconds >= 0, got {args.skew!r}", 2)
     try:
         token = _read_token(args, stdin if stdin is not None else sys.stdin)
-    except _UsageError as error:
+    except UsageError as error:
         return _fail("inspect", str(error), 2)
     try:
         header, claims = decode_unverified(token)
@@ -356,7 +467,9 @@ def run_inspect(
             "detail": report["detail"],
             "signature_verified": False,
         }
-        print(json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False))
+        text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
+        # json.dumps escapes C0 controls in strings; the line breaks left are its own.
+        print(_escape_unprintable(text, _UNPRINTABLE_IN_JSON))
     else:
         print(_format_text(header, claims, report, args.skew))
     return 0 if report["status"] == "valid" else 1
@@ -365,26 +478,26 @@ def run_inspect(
 def _read_token(args: argparse.Namespace, stdin: TextIO) -> str:
     if args.token_file is not None and args.token_env is not None:
         msg = "give the JWT with --token-file or --token-env, not both"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     if args.token_file is not None:
-        text = _read_file(args.token_file, "the token file").decode("utf-8", "replace")
+        text = read_option_file(args.token_file, "--token-file").decode("utf-8", "replace")
     elif args.token_env is not None:
         value = os.environ.get(args.token_env)
         if not value:
             msg = f"environment variable {args.token_env} is not set or empty"
-            raise _UsageError(msg)
+            raise UsageError(msg)
         text = value
     else:
         if stdin.isatty():
             msg = "pipe the JWT on standard input, or pass --token-file PATH or --token-env NAME"
-            raise _UsageError(msg)
+            raise UsageError(msg)
         text = stdin.read()
     token = text.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
     if not token:
         msg = "the JWT is empty; pipe a JWT on standard input or pass --token-file PATH"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     return token
 
 
@@ -464,16 +577,32 @@ def _time_report(claims: dict[str, Any], now: float, skew: float) -> dict[str, A
     return {"times": times, "status": status, "detail": detail}
 
 
+# Characters a terminal may act on, and lone surrogates, which a JSON escape in a JWT
+# can produce and UTF-8 cannot encode. The output shows them as \uXXXX escapes, which
+# are valid inside a JSON string.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNPRINTABLE_IN_JSON = re.compile("[\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_unprintable(text: str, pattern: re.Pattern[str] = _UNPRINTABLE) -> str:
+    return pattern.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _json_value(value: Any) -> str:
+    return _escape_unprintable(json.dumps(value, ensure_ascii=False))
+
+
 def _format_text(
     header: dict[str, Any], claims: dict[str, Any], report: dict[str, Any], skew: float
 ) -> str:
     lines = ["header"]
-    width = max((len(name) for name in (*header, *claims)), default=3)
+    names = {name: _escape_unprintable(name) for name in (*header, *claims)}
+    width = max((len(name) for name in names.values()), default=3)
     for name, value in header.items():
-        lines.append(f"  {name:<{width}}  {json.dumps(value, ensure_ascii=False)}")
+        lines.append(f"  {names[name]:<{width}}  {_json_value(value)}")
     lines.append("claims")
     for name, value in claims.items():
-        line = f"  {name:<{width}}  {json.dumps(value, ensure_ascii=False)}"
+        line = f"  {names[name]:<{width}}  {_json_value(value)}"
         time = report["times"].get(name)
         if time is not None:
             line += f"  {time['utc']}  ({time['relative']})"

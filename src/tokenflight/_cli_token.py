@@ -20,9 +20,19 @@ from typing import Any, TextIO
 import anyio
 
 from ._cache import TokenCache
+from ._cli import (
+    CLIENT_SECRET_ENV,
+    PASSPHRASE_ENV,
+    UNSAFE_ALLOW_HTTP_HELP,
+    UsageError,
+    cli_message,
+    read_option_text,
+)
+from ._cli_jwt import ALGORITHM_HELP, KEY_ENV, load_key, read_passphrase
 from ._errors import ConfigurationError, RefreshError
-from ._keys import SigningKey, load_signing_key
+from ._keys import ALGORITHMS, SigningKey
 from ._oauth2 import ClientCredentials, JwtBearerGrant
+from ._oauth2_http import check_endpoint_url
 from ._oauth2_refresh import RefreshTokenGrant
 from ._token import Token
 
@@ -30,9 +40,6 @@ __all__ = ["register", "run_token"]
 
 TOKEN_URL_ENV = "TOKENFLIGHT_TOKEN_URL"  # noqa: S105 - a variable name
 CLIENT_ID_ENV = "TOKENFLIGHT_CLIENT_ID"
-CLIENT_SECRET_ENV = "TOKENFLIGHT_CLIENT_SECRET"  # noqa: S105 - a variable name
-KEY_ENV = "TOKENFLIGHT_JWT_KEY"
-PASSPHRASE_ENV = "TOKENFLIGHT_KEY_PASSPHRASE"  # noqa: S105 - a variable name
 
 GRANTS = ("client_credentials", "refresh_token", "jwt_bearer")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -43,7 +50,8 @@ Secrets are never command-line values:
   private key     --key-file PATH, or {KEY_ENV} (PEM, DER or a JWK); passphrase from
                   --passphrase-file PATH or {PASSPHRASE_ENV}
   refresh token   --refresh-token-file PATH; a rotated refresh token is written back to it
-The token URL and the client id may also come from {TOKEN_URL_ENV} and {CLIENT_ID_ENV}.
+The token URL (unless --issuer-url is given) and the client id may also come from
+{TOKEN_URL_ENV} and {CLIENT_ID_ENV}.
 
 Exit status: 0 with the token printed, 1 when the token request failed, 2 for bad options.
 
@@ -53,10 +61,6 @@ examples:
   curl -H "$(tokenflight token --issuer-url https://idp.example --client-id svc \\
       --key-file svc.pem --output header)" https://api.example/items
 """
-
-
-class _UsageError(Exception):
-    """A problem with the options: exit status 2."""
 
 
 class _RejectSecretOption(argparse.Action):
@@ -104,13 +108,10 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     server.add_argument(
         "--issuer-url",
         metavar="URL",
-        help="issuer to discover the token endpoint from (OpenID Connect or RFC 8414 metadata)",
+        help="issuer to discover the token endpoint from (OpenID Connect or RFC 8414 "
+        "metadata), instead of --token-url",
     )
-    server.add_argument(
-        "--unsafe-allow-http",
-        action="store_true",
-        help="allow http:// to hosts other than loopback (sends secrets unencrypted)",
-    )
+    server.add_argument("--unsafe-allow-http", action="store_true", help=UNSAFE_ALLOW_HTTP_HELP)
 
     grant = parser.add_argument_group("grant")
     grant.add_argument(
@@ -159,7 +160,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"private key for private_key_jwt or the jwt_bearer grant (or {KEY_ENV})",
     )
     client.add_argument(
-        "--algorithm", default=None, metavar="ALG", help="the key's JWS algorithm (default RS256)"
+        "--algorithm", choices=sorted(ALGORITHMS), metavar="ALG", help=ALGORITHM_HELP
     )
     client.add_argument("--key-id", metavar="KID", help="kid header of signed assertions")
     client.add_argument(
@@ -193,14 +194,14 @@ def run_token(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     try:
         source = _build_source(args)
         timeout = _positive(args.timeout, "--timeout")
-    except (_UsageError, ConfigurationError) as error:
-        return _fail(str(error), 2)
+    except (UsageError, ConfigurationError) as error:
+        return _fail(cli_message(error), 2)
     try:
         token = anyio.run(_fetch, source, timeout)
     except RefreshError as error:
-        return _fail(str(error), 1)
+        return _fail(cli_message(error), 1)
     except ConfigurationError as error:
-        return _fail(str(error), 2)
+        return _fail(cli_message(error), 2)
     print(_format(token, args.output), file=out)
     return 0
 
@@ -237,10 +238,7 @@ def _format(token: Token, output: str) -> str:
 def _build_source(
     args: argparse.Namespace,
 ) -> ClientCredentials | RefreshTokenGrant | JwtBearerGrant:
-    token_url = args.token_url or os.environ.get(TOKEN_URL_ENV) or None
-    if token_url is None and args.issuer_url is None:
-        msg = f"pass --token-url (or set {TOKEN_URL_ENV}), or --issuer-url to discover it"
-        raise _UsageError(msg)
+    token_url = _endpoint_url(args)
     client_id = args.client_id or os.environ.get(CLIENT_ID_ENV) or None
     common: dict[str, Any] = {
         "issuer_url": args.issuer_url,
@@ -252,7 +250,7 @@ def _build_source(
     if args.grant == "jwt_bearer":
         if not args.issuer:
             msg = "the jwt_bearer grant needs --issuer, the assertion's iss"
-            raise _UsageError(msg)
+            raise UsageError(msg)
         return JwtBearerGrant(
             token_url,
             signing_key=_signing_key(args),
@@ -266,7 +264,7 @@ def _build_source(
 
     if client_id is None:
         msg = f"pass --client-id, or set {CLIENT_ID_ENV}"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     wants_key = args.auth_method == "private_key_jwt" or (
         args.auth_method is None and args.key_file is not None
     )
@@ -280,8 +278,8 @@ def _build_source(
                 "the refresh_token grant needs --refresh-token-file, so that a rotated "
                 "refresh token can be written back"
             )
-            raise _UsageError(msg)
-        refresh_token = _read_text(path, "the refresh token file")
+            raise UsageError(msg)
+        refresh_token = read_option_text(path, "--refresh-token-file")
         return RefreshTokenGrant(
             token_url,
             client_id,
@@ -298,7 +296,7 @@ def _build_source(
             f"pass --client-secret-file (or set {CLIENT_SECRET_ENV}), or --key-file for "
             "private_key_jwt"
         )
-        raise _UsageError(msg)
+        raise UsageError(msg)
     return ClientCredentials(
         token_url,
         client_id,
@@ -310,50 +308,43 @@ def _build_source(
     )
 
 
+def _endpoint_url(args: argparse.Namespace) -> str | None:
+    """Return the token URL, or ``None`` when ``--issuer-url`` discovers it.
+
+    Both URLs are checked here, so that the messages name the options.
+    """
+    if args.token_url is not None and args.issuer_url is not None:
+        msg = "pass --token-url or --issuer-url, not both; --issuer-url discovers the token URL"
+        raise UsageError(msg)
+    if args.issuer_url is not None:
+        check_endpoint_url(
+            args.issuer_url, name="--issuer-url", unsafe_allow_http=args.unsafe_allow_http
+        )
+        return None
+    if args.token_url is not None:
+        name, token_url = "--token-url", args.token_url
+    else:
+        name, token_url = TOKEN_URL_ENV, os.environ.get(TOKEN_URL_ENV, "")
+        if not token_url:
+            msg = f"pass --token-url (or set {TOKEN_URL_ENV}), or --issuer-url to discover it"
+            raise UsageError(msg)
+    return check_endpoint_url(token_url, name=name, unsafe_allow_http=args.unsafe_allow_http)
+
+
 def _client_secret(args: argparse.Namespace) -> str | None:
     if args.client_secret_file is not None:
-        return _read_text(args.client_secret_file, "the client secret file")
+        return read_option_text(args.client_secret_file, "--client-secret-file")
     return os.environ.get(CLIENT_SECRET_ENV) or None
 
 
 def _signing_key(args: argparse.Namespace) -> SigningKey:
-    data: bytes | None = None
-    if args.key_file is not None:
-        data = _read_bytes(args.key_file, "the key file")
-    elif os.environ.get(KEY_ENV):
-        data = os.environ[KEY_ENV].encode("utf-8")
-    if data is None:
-        msg = f"a signed assertion needs a private key: pass --key-file, or set {KEY_ENV}"
-        raise _UsageError(msg)
-    password: bytes | None = None
-    if args.passphrase_file is not None:
-        password = _read_bytes(args.passphrase_file, "the passphrase file").rstrip(b"\r\n")
-    elif os.environ.get(PASSPHRASE_ENV):
-        password = os.environ[PASSPHRASE_ENV].encode("utf-8")
-    return load_signing_key(
-        data, algorithm=args.algorithm or "RS256", password=password, kid=args.key_id
+    return load_key(
+        key_file=args.key_file,
+        key_env=None,
+        algorithm=args.algorithm,
+        password=read_passphrase(args.passphrase_file, None),
+        kid=args.key_id,
     )
-
-
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.expanduser().read_bytes()
-    except OSError as error:
-        msg = f"cannot read {what} {str(path)!r}: {error.strerror or type(error).__name__}"
-        raise _UsageError(msg) from None
-
-
-def _read_text(path: Path, what: str) -> str:
-    data = _read_bytes(path, what)
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        msg = f"{what} {str(path)!r} is not UTF-8 text"
-        raise _UsageError(msg) from None
-    if not text:
-        msg = f"{what} {str(path)!r} is empty"
-        raise _UsageError(msg)
-    return text
 
 
 def _file_saver(path: Path, initial: str) -> Callable[[Token], None]:
@@ -379,5 +370,5 @@ def _file_saver(path: Path, initial: str) -> Callable[[Token], None]:
 def _positive(value: float, option: str) -> float:
     if not value > 0 or value == float("inf"):
         msg = f"{option} must be a positive number of seconds, got {value!r}"
-        raise _UsageError(msg)
+        raise UsageError(msg)
     return value

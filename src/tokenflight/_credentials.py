@@ -33,7 +33,7 @@ def check_header_value(value: str, what: str, *, secret: bool) -> None:
 
     :param what: how the message names the value, such as ``"key id"``.
     :param secret: show only the value's fingerprint in the message, not the character
-        that failed (a control character is still shown, since it tells the fix).
+        that failed. A control character is still shown, because it points to the fix.
     """
     if not value:
         msg = f"{what} is empty"

@@ -423,10 +423,19 @@ class HmacVerifier:
         secret = self._secret(key_id)
 
         now = self._clock.time()
-        if abs(now - timestamp) > self._tolerance or timestamp <= self._floor:
+        offset = timestamp - now
+        if abs(offset) > self._tolerance:
+            direction = "ahead of" if offset > 0 else "behind"
             msg = (
-                f"the signed timestamp {timestamp} is {now - timestamp:+.0f} s from the "
+                f"the signed timestamp {timestamp} is {abs(offset):.0f} s {direction} the "
                 f"verifier's clock, beyond the tolerance of {self._tolerance:g} s"
+            )
+            raise SignatureVerificationError(msg, reason="timestamp")
+        if timestamp <= self._floor:
+            msg = (
+                f"the signed timestamp {timestamp} is not after {self._floor}, the newest "
+                "timestamp whose nonces the full replay memory (max_nonces) has dropped, so "
+                "a replay cannot be ruled out; sign the request again"
             )
             raise SignatureVerificationError(msg, reason="timestamp")
 

@@ -142,9 +142,12 @@ class SignedJwt:
     __str__ = __repr__
 
 
-def _require_seconds(name: str, value: object) -> float:
+def _require_seconds(name: str, value: object, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         msg = f"{name} must be a finite number of seconds, got {value!r}"
+        raise ConfigurationError(msg)
+    if positive and value <= 0:
+        msg = f"{name} must be > 0 seconds, got {value!r}"
         raise ConfigurationError(msg)
     if value < 0:
         msg = f"{name} must be >= 0 seconds, got {value!r}"
@@ -206,11 +209,10 @@ class JwtSigner:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._skew = _require_seconds("skew", skew)
         self._max_lifetime = (
-            None if max_lifetime is None else _require_seconds("max_lifetime", max_lifetime)
+            None
+            if max_lifetime is None
+            else _require_seconds("max_lifetime", max_lifetime, positive=True)
         )
-        if self._max_lifetime is not None and self._max_lifetime <= 0:
-            msg = f"max_lifetime must be > 0 seconds, got {max_lifetime!r}"
-            raise ConfigurationError(msg)
         self._time_claims = frozenset(time_claims)
         self._jti = bool(jti)
         self._typ = typ
@@ -267,10 +269,7 @@ class JwtSigner:
             ``max_lifetime`` shorter than ``skew``, which would put the generated ``exp``
             in the past. An ``exp`` given in ``claims`` is used as it is.
         """
-        seconds = _require_seconds("lifetime", lifetime)
-        if not seconds:
-            msg = "lifetime must be > 0 seconds, got 0"
-            raise ConfigurationError(msg)
+        seconds = _require_seconds("lifetime", lifetime, positive=True)
         payload = dict(claims)
         for name in _TIME_CLAIMS & payload.keys():
             value = payload[name]
@@ -364,10 +363,7 @@ class JwtSource:
         if not _is_instance(signer, JwtSigner):
             msg = f"JwtSource needs a JwtSigner, not {type(signer).__name__}"
             raise ConfigurationError(msg)
-        seconds = _require_seconds("lifetime", lifetime)
-        if not seconds:
-            msg = "lifetime must be > 0 seconds, got 0"
-            raise ConfigurationError(msg)
+        seconds = _require_seconds("lifetime", lifetime, positive=True)
         template: dict[str, Any] = {}
         if issuer is not None:
             template["iss"] = issuer

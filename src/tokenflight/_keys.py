@@ -59,6 +59,10 @@ _ANY_ASYMMETRIC = "*"
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
+# The end of the message for an encrypted key loaded without its passphrase; the
+# command line replaces it with the names of its passphrase options.
+PASSPHRASE_HINT = "pass its passphrase as password"  # noqa: S105 - message text
+
 # RFC 7518 sections 3.3 and 3.5: RSA keys of 2048 bits or larger.
 _MIN_RSA_BITS = 2048
 
@@ -478,7 +482,7 @@ def _from_bytes(data: bytes, password: bytes | str | None) -> PrivateKey:
         if "not encrypted" in str(error):
             msg = "a password was given, but the private key is not encrypted; drop it"
         else:
-            msg = "the private key is encrypted; pass its passphrase as password"
+            msg = f"the private key is encrypted; {PASSPHRASE_HINT}"
         raise ConfigurationError(msg) from None
     except (ValueError, UnsupportedAlgorithm) as error:
         text = str(error).lower()

@@ -19,6 +19,8 @@ import httpx
 from ._errors import ConfigurationError, RefreshError, TransientRefreshError
 
 __all__ = [
+    "ALLOW_HTTP_HINT",
+    "USERINFO_HINT",
     "ClientSlot",
     "Reply",
     "check_endpoint_url",
@@ -29,6 +31,12 @@ __all__ = [
 # Timeouts of the client a source creates for itself, in seconds. The cache bounds the
 # whole refresh with its own timeout; these bound each network step.
 _DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)
+
+# The end of the message for a plain http:// URL; the command line replaces it with
+# the name of its option.
+ALLOW_HTTP_HINT = "pass unsafe_allow_http=True for a test setup"
+# The same for a URL with a user name or password in it.
+USERINFO_HINT = "pass the client credentials as client_id and client_secret"
 
 
 class _NoAuth(httpx.Auth):
@@ -72,10 +80,7 @@ def check_endpoint_url(url: object, *, name: str, unsafe_allow_http: bool) -> st
         msg = f"{name} must be an absolute https:// URL, got {_safe_url(url)!r}"
         raise ConfigurationError(msg)
     if parsed.userinfo:
-        msg = (
-            f"{name} must not contain a user name or password; pass the client credentials "
-            "as client_id and client_secret"
-        )
+        msg = f"{name} must not contain a user name or password; {USERINFO_HINT}"
         raise ConfigurationError(msg)
     if parsed.fragment:
         msg = f"{name} must not contain a fragment (#...), got {_safe_url(url)!r}"
@@ -83,8 +88,7 @@ def check_endpoint_url(url: object, *, name: str, unsafe_allow_http: bool) -> st
     if parsed.scheme == "http" and not unsafe_allow_http and not is_loopback(parsed.host):
         msg = (
             f"{name} {_safe_url(url)!r} uses plain http:// to a host that is not loopback, so "
-            "credentials would cross the network unencrypted; use https://, or pass "
-            "unsafe_allow_http=True for a test setup"
+            f"credentials would cross the network unencrypted; use https://, or {ALLOW_HTTP_HINT}"
         )
         raise ConfigurationError(msg)
     return url

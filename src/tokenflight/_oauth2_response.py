@@ -213,7 +213,8 @@ def parse_retry_after(
     if not text:
         return None
     seconds: float | None = None
-    if text.isdigit():
+    # str.isdigit() also accepts characters such as "²" that float() rejects.
+    if text.isascii() and text.isdigit():
         seconds = float(text[:12])
     else:
         retry_at = _http_date(text)

@@ -77,7 +77,8 @@ class RetryPolicy:
     signed afresh. Rotating to another key of a :class:`~tokenflight.KeyPool` is not a
     retry and does not count against ``attempts``.
 
-    :param attempts: retries after the first attempt, at most.
+    :param attempts: retries after the first attempt, at most; 0 sends each request
+        once and only waits for a rate-limited key pool.
     :param statuses: response statuses that are retried. 429 and 503 mean the server did
         not process the request, so even a POST is safe to send again.
     :param backoff: delays between retries when the server sends no ``Retry-After``.
@@ -94,11 +95,12 @@ class RetryPolicy:
     max_wait: float = 60.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            msg = f"RetryPolicy.attempts must be an int >= 0, got {self.attempts!r}"
-            raise ConfigurationError(msg)
-        if self.attempts < 0:
-            msg = f"RetryPolicy.attempts must be >= 0, got {self.attempts!r}"
+        attempts: object = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            msg = (
+                "RetryPolicy.attempts is the number of retries after the first attempt and "
+                f"must be an int >= 0 (0 for no retries), got {attempts!r}"
+            )
             raise ConfigurationError(msg)
         wait: object = self.max_wait
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
@@ -239,7 +241,8 @@ def _consumed() -> SigningError:
 
 def _check_declared_length(request: httpx.Request, limit: int) -> None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # str.isdigit() also accepts characters such as "²" that int() rejects.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _body_too_large(limit)
 
 

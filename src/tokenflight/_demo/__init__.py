@@ -55,6 +55,8 @@ class DemoOptions:
     :param client_id: the client id at the external endpoint.
     :param client_secret: the client secret at the external endpoint.
     :param scope: the scope to request, if any.
+    :param unsafe_allow_http: allow a plain ``http://`` external endpoint on a host
+        other than loopback, which sends the client secret unencrypted.
     :param progress: draw a progress bar (``None``: when standard error is a terminal).
     """
 
@@ -67,6 +69,7 @@ class DemoOptions:
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     scope: str | None = None
+    unsafe_allow_http: bool = False
     progress: bool | None = None
 
 
@@ -155,7 +158,11 @@ async def run_demo(options: DemoOptions, *, stream: TextIO | None = None) -> Dem
         # Built before any server starts, so that a bad URL (not https, and not on
         # loopback) fails at once with a ConfigurationError.
         external_source = ClientCredentials(
-            options.token_url, client_id, client_secret=client_secret, scope=options.scope
+            options.token_url,
+            client_id,
+            client_secret=client_secret,
+            scope=options.scope,
+            unsafe_allow_http=options.unsafe_allow_http,
         )
 
     revoke_at = options.requests // 2 if options.revoke_at is None else options.revoke_at
