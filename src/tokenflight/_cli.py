@@ -8,6 +8,7 @@ status 2; a run that fails exits with 1. No traceback is printed for either.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -365,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_request.code if isinstance(exit_request.code, int) else 2
 
     prog = f"tokenflight {args.command}"
+    # The commands report failures themselves, in one line. Without a handler of its own,
+    # the library's warnings would reach stderr through logging's last-resort handler
+    # first; a program that configures logging still receives them.
+    quiet = logging.NullHandler()
+    library_logger = logging.getLogger("tokenflight")
+    library_logger.addHandler(quiet)
     try:
         status: int = args.run(args)
     except (UsageError, ConfigurationError) as error:
@@ -373,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        library_logger.removeHandler(quiet)
     return status
 
 
