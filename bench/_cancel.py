@@ -112,8 +112,8 @@ def run(profile: Profile) -> GroupResult:
             f"{FOLLOWERS_START * 1000:.0f} ms later {FOLLOWERS} more callers send theirs; at "
             f"{CANCEL_AT * 1000:.0f} ms the leader is cancelled. Token requests are counted "
             "by the server. `AuthClient` enters its cache, so the refresh runs in the cache's "
-            "own task group; `TokenAuth` on a cache that was never entered runs the refresh "
-            "in the task that needed it, so cancelling that task abandons the refresh and a "
+            "own task group. `TokenAuth` on a cache that was never entered runs the refresh "
+            "in the task that needed it. Cancelling that task abandons the refresh, and a "
             "waiting caller starts another."
         ),
     )

@@ -26,9 +26,10 @@ python -m bench --only burst   # one group; the other sections stay as they were
 python -m bench --quick        # short rounds, printed only; add --write to update this page
 ```
 
-The runner creates `bench/.venv` with the peers (they are not dependencies of tokenflight)
-and tokenflight from the checkout, then runs each group in that environment in a process
-of its own, so the baseline, tokenflight and the peers share one httpx. httpx-auth 0.23.1
+The runner creates `bench/.venv` with the peers, which are not dependencies of
+tokenflight, and with tokenflight from the checkout. It runs each group in that
+environment in a process of its own, so the baseline, tokenflight and the peers share one
+httpx. httpx-auth 0.23.1
 requires httpx 0.28, so every figure here is on httpx 0.28.1 even where the project's own
 environment has a newer httpx. Authlib 1.9 prefers the `httpx2` package and falls back
 to httpx, with a deprecation warning, when `httpx2` is missing, as it is in `bench/.venv`.
@@ -55,8 +56,8 @@ every request that starts or ends, it scans each queued request against each con
 so a burst of N queued requests costs O(N x connections) per change. In a one-off
 measurement on this machine (not repeated by the suite), 1,000 concurrent GETs through
 100 already open connections took 5.9 s with a 2.8 s event-loop stall, and 10,000 did not
-finish in 10 minutes. Its idle check counts every connection instead of the idle ones,
-so once more than `max_keepalive_connections` (20 by default) are open, each connection
+finish in 10 minutes. Its idle check counts every connection instead of the idle ones.
+So once more than `max_keepalive_connections` (20 by default) are open, each connection
 that turns idle is closed, and a burst through the stock pool keeps opening and closing
 connections (see the stock-pool tables below).
 

@@ -71,24 +71,26 @@ OUTAGE_KINDS: frozenset[str] = frozenset({"5xx", "429", "hang", "reset", "malfor
 # hang comes last because recovering from it takes longest: a request sent just before
 # it ends still hangs for the whole refresh timeout.
 _CYCLE: tuple[tuple[PhaseKind, int], ...] = (
-    ("calm", 8),
-    ("latency", 4),
+    ("calm", 10),
+    ("latency", 3),
+    ("calm", 3),
+    ("5xx", 4),
     ("calm", 4),
-    ("5xx", 5),
-    ("calm", 4),
-    ("429", 4),
+    ("429", 3),
     ("calm", 4),
     ("reset", 4),
-    ("calm", 4),
+    ("calm", 3),
     ("malformed", 4),
-    ("calm", 4),
+    ("calm", 8),
     ("hang", 4),
-    ("calm", 7),
+    ("calm", 6),
 )
 _CYCLE_UNITS = sum(units for _, units in _CYCLE)
-# The wall clock steps an hour forward 5 units into the run and back 3 units before its end.
-_JUMP_FORWARD_UNIT = 5
-_JUMP_BACK_FROM_END_UNITS = 3
+# The wall clock steps an hour forward 6 units into the first cycle and back 46 units
+# into the last one. The 4 units before and after each jump are calm, and the forward
+# jump comes after the first 2 units, in which the client starts its tasks.
+_JUMP_FORWARD_UNIT = 6
+_JUMP_BACK_UNIT = 46
 # A run is split into cycles of about this many seconds.
 _CYCLE_SECONDS = 60.0
 
@@ -166,9 +168,10 @@ class FaultSchedule:
                 start = end
         last = phases[-1]
         phases[-1] = Phase(last.kind, last.start, seconds)
+        last_cycle = (cycles - 1) * _CYCLE_UNITS * unit
         jumps = (
             (_JUMP_FORWARD_UNIT * unit, wall_jump),
-            (seconds - _JUMP_BACK_FROM_END_UNITS * unit, -wall_jump),
+            (last_cycle + _JUMP_BACK_UNIT * unit, -wall_jump),
         )
         return cls(seconds, tuple(phases), jumps if wall_jump else ())
 

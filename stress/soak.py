@@ -306,6 +306,7 @@ class _Run:
 
     config: SoakConfig
     clock: WallJumpClock
+    library_clock: Clock
     server_config: ServerConfig
     meter: Meter
     token_url: str
@@ -320,27 +321,33 @@ async def run_soak(
     *,
     clock: WallJumpClock | None = None,
     server: FaultyServer | None = None,
+    library_clock: Clock | None = None,
 ) -> SoakReport:
     """Run one soak on the current event loop and return its report.
 
     Without ``server``, the servers run in a child process on 127.0.0.1 and the run lasts
     ``config.seconds`` of real time. With an in-process ``server`` (built from
-    ``config.server_config()``), requests reach it through :func:`mock_transport`; pass
+    ``config.server_config()``), requests reach it through :func:`mock_transport`. Pass
     the same :class:`~tokenflight.testing.FakeClock` as ``clock`` and to the server, and
     run inside its ``autojump()``, to run on fake time.
+
+    :param clock: the clock of the run, whose wall time the schedule steps.
+    :param library_clock: the clock the cache and the token sources read; ``clock`` by
+        default. Tests pass a faulty one to show that the checks catch it.
     """
     started = time.monotonic()
     the_clock: WallJumpClock = clock if clock is not None else JumpingClock()
+    read_clock = library_clock if library_clock is not None else the_clock
     if server is not None:
-        report = await _run_in_process(config, the_clock, server)
+        report = await _run_in_process(config, the_clock, read_clock, server)
     else:
-        report = await _run_with_server_process(config, the_clock)
+        report = await _run_with_server_process(config, the_clock, read_clock)
     report.wall_seconds = time.monotonic() - started
     return report
 
 
 async def _run_in_process(
-    config: SoakConfig, clock: WallJumpClock, server: FaultyServer
+    config: SoakConfig, clock: WallJumpClock, library_clock: Clock, server: FaultyServer
 ) -> SoakReport:
     def start() -> None:
         server.start()
@@ -348,6 +355,7 @@ async def _run_in_process(
     run = _Run(
         config=config,
         clock=clock,
+        library_clock=library_clock,
         server_config=server.config,
         meter=Meter(server.schedule, _keys(config)),
         token_url="http://127.0.0.1/token",
@@ -359,7 +367,9 @@ async def _run_in_process(
     return await _drive(run)
 
 
-async def _run_with_server_process(config: SoakConfig, clock: WallJumpClock) -> SoakReport:
+async def _run_with_server_process(
+    config: SoakConfig, clock: WallJumpClock, library_clock: Clock
+) -> SoakReport:
     server_config = config.server_config()
     command = [sys.executable, "-m", "stress.faults", "--max-seconds", str(config.seconds * 3 + 60)]
     async with await anyio.open_process(
@@ -385,6 +395,7 @@ async def _run_with_server_process(config: SoakConfig, clock: WallJumpClock) -> 
             run = _Run(
                 config=config,
                 clock=clock,
+                library_clock=library_clock,
                 server_config=server_config,
                 meter=Meter(server_config.schedule, _keys(config)),
                 token_url=f"{base}/token",
@@ -451,7 +462,7 @@ async def _drive(run: _Run, *, before_leak_check: Callable[[], Any] | None = Non
                 client_secret=server_config.client_secret,
                 scope=str(key),
                 http_client=token_http,
-                clock=clock,
+                clock=run.library_clock,
             )
             return _MeteredSource(inner, str(key), meter)
 
@@ -460,7 +471,7 @@ async def _drive(run: _Run, *, before_leak_check: Callable[[], Any] | None = Non
             timeout=config.refresh_timeout,
             backoff=config.backoff,
             cooldown=config.cooldown,
-            clock=clock,
+            clock=run.library_clock,
             hooks=[meter.hook(clock)],
         )
         limits = httpx.Limits(

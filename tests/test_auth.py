@@ -575,3 +575,44 @@ def test_raw_header_list_layout_detected() -> None:
     from tokenflight._httpx import _header_list_layout_ok
 
     assert _header_list_layout_ok()
+
+
+class _TrackedBody(httpx.AsyncByteStream):
+    """A response body that records whether it has been read."""
+
+    def __init__(self) -> None:
+        self.read = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.read = True
+        yield b'{"error": "invalid_token"}'
+
+
+@pytest.mark.anyio
+async def test_rejected_response_read_before_refetch() -> None:
+    """The 401's body is read, releasing its connection, before the new token is awaited."""
+    bodies: list[_TrackedBody] = []
+    read_when_refetched: list[bool] = []
+    fetches = 0
+
+    async def fetch() -> Token:
+        nonlocal fetches
+        fetches += 1
+        if fetches > 1:
+            read_when_refetched.append(bodies[0].read)
+        return Token(f"token-{fetches}", expires_in=3600)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] == "Bearer token-1":
+            bodies.append(_TrackedBody())
+            return httpx.Response(401, stream=bodies[-1])
+        return httpx.Response(200)
+
+    cache = TokenCache(fetch)
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), auth=TokenAuth(cache)
+    ) as client:
+        response = await client.get("https://api.example.com/")
+
+    assert response.status_code == 200
+    assert read_when_refetched == [True]

@@ -8,6 +8,7 @@ well under a second, on asyncio and trio.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import httpx
@@ -87,6 +88,60 @@ async def test_soak_without_backoff_fails() -> None:
     assert not report.ok
     assert "[FAIL] token-endpoint requests per outage per key" in _invariant(
         text, "token-endpoint requests per outage"
+    )
+
+
+class WallBoundClock:
+    """A clock whose monotonic time jumps with the wall clock of ``base``.
+
+    Given to the cache and the token sources, it makes them behave like a cache that
+    computes expiries from the wall clock. ``offset`` is the sum of the jumps so far.
+    """
+
+    def __init__(self, base: FakeClock) -> None:
+        self.base = base
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return self.base.monotonic() + self.offset
+
+    def time(self) -> float:
+        return self.base.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
+
+
+class JumpObservingClock(FakeClock):
+    """A FakeClock that adds each wall-clock jump to its followers' offsets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followers: list[WallBoundClock] = []
+
+    def jump_wall(self, seconds: float) -> None:
+        super().jump_wall(seconds)
+        for follower in self.followers:
+            follower.offset += seconds
+
+
+@pytest.mark.anyio
+async def test_soak_catches_wall_clock_expiry() -> None:
+    # After the jump back, a cache on wall time keeps its tokens an hour too long, and the
+    # API rejects them as expired: the jump check must fail. With four keys, about one
+    # expired token per key shows up after the jump.
+    config = dataclasses.replace(SMALL, keys=4, tasks=100, rate=50.0)
+    clock = JumpObservingClock()
+    library_clock = WallBoundClock(clock)
+    clock.followers.append(library_clock)
+    server = FaultyServer(config.server_config(), clock)
+    async with clock.autojump():
+        report = await run_soak(config, clock=clock, server=server, library_clock=library_clock)
+
+    text = format_report(report)
+    assert not report.ok
+    assert "[FAIL] a wall-clock jump of an hour changes nothing" in _invariant(
+        text, "wall-clock jump"
     )
 
 
