@@ -258,8 +258,8 @@ def run(profile: Profile) -> GroupResult:
         Goal(
             "Hot path at least 0.97 of the static-header baseline in-process (AuthClient, "
             "best rounds)",
-            f"best rounds {min(in_process_best):.2f} to {max(in_process_best):.2f}, medians "
-            f"{min(in_process):.2f} to {max(in_process):.2f} (asyncio and trio, 1 and 50 "
+            f"best rounds {min(in_process_best):.3f} to {max(in_process_best):.3f}, medians "
+            f"{min(in_process):.3f} to {max(in_process):.3f} (asyncio and trio, 1 and 50 "
             "workers)",
             min(in_process_best) >= 0.97,
         ),
