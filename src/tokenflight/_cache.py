@@ -47,7 +47,7 @@ __all__ = ["TokenCache"]
 logger = logging.getLogger("tokenflight")
 
 # The (cache, key) pairs whose token source is running in the current context. A source
-# that asks its own cache for the key it is refreshing would wait on itself for ever.
+# that requests the key it is refreshing from its own cache would wait on itself for ever.
 _refreshing: ContextVar[frozenset[tuple[int, Hashable]]] = ContextVar(
     "tokenflight_refreshing", default=frozenset()
 )
@@ -221,7 +221,6 @@ class TokenCache:
         self._task_group: TaskGroup | None = None
         self._skew_warned = False
         self._short_lifetime_warned = False
-        self._expired_warned = False
         self._hits = 0
         self._misses = 0
         self._refreshes = 0

@@ -66,7 +66,7 @@ class Token:
     A token with neither lives for the cache's ``default_lifetime``.
 
     :param value: the secret sent to the server, for example an access token.
-    :param token_type: the scheme, ``"Bearer"`` unless the server said otherwise.
+    :param token_type: the scheme, ``"Bearer"`` unless the server sent another.
     :param refresh_token: the OAuth2 refresh token that came with it, if any.
     :param scope: the scope the server granted, space-separated as in OAuth2.
     :param extra: the other fields of the token response, read-only.
