@@ -1,8 +1,9 @@
 """``python -m stress``: the single-flight run, then the soak with injected faults.
 
 Both run on asyncio and then on trio. ``--seconds`` sets the single-flight run's total
-budget and the length of each soak run (default 60, also the soak's minimum, so about
-three minutes in all); the exit status is 1 if any invariant failed in either.
+budget and the length of each soak run. It defaults to 60, which is also the soak's
+minimum, so a default run takes about three minutes. The exit status is 1 if any
+invariant failed in either run.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("== single flight: many tasks, many expiries ==", flush=True)
     single_flight_status = single_flight.main(["--seconds", seconds])
     print("\n== soak: faults, revocations and wall-clock jumps ==", flush=True)
-    # The fault schedule is one 60 s cycle of calm and faulty phases; squeezed into less,
-    # its outages last fractions of a second and recovery can no longer be measured.
+    # The fault schedule is one 60 s cycle of calm and faulty phases. Squeezed into less,
+    # its outages last fractions of a second, too short to measure recovery.
     soak_seconds = max(arguments.seconds, MINIMUM_SOAK_SECONDS)
     if soak_seconds != arguments.seconds:
         print(f"(the soak runs for its minimum of {MINIMUM_SOAK_SECONDS:g} s)", flush=True)

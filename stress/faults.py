@@ -191,7 +191,7 @@ class FaultSchedule:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How the servers behave; shared by the client and the server process.
+    """Settings of the faulty servers, shared by the client and the server process.
 
     :param client_id: the only client the token endpoint accepts.
     :param client_secret: its secret; starts with :data:`MARKER`.

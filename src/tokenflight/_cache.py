@@ -1,6 +1,6 @@
 """The single-flight token cache.
 
-One :class:`_Entry` per key holds the current token, the times that decide its state
+One :class:`_Entry` per key contains the current token, the times that decide its state
 (see the lifecycle table in ``_policy.py``) and at most one :class:`_Flight`, the
 refresh in progress. Every caller that needs a new token waits on that flight's event;
 nobody waits on a lock. Who runs the flight:
@@ -278,7 +278,7 @@ class TokenCache:
         """Return a usable token for ``key``, refreshing it if needed.
 
         A fresh token returns without a checkpoint. Otherwise this waits for the one
-        refresh of ``key`` (starting it if nobody has), which may take up to the cache's
+        refresh of ``key`` (starting it if no refresh is running), which may take up to the cache's
         ``timeout``.
 
         Cancellation: a cancelled caller stops waiting; the refresh continues for others.
@@ -378,7 +378,7 @@ class TokenCache:
             now = self._clock.monotonic()
             token = entry.token
             if token is not None and now < entry.usable_until:
-                # Refresh-ahead window: the token is good, so nobody waits for the refresh.
+                # Refresh-ahead window: the token is good, so no caller waits for the refresh.
                 self._hits += 1
                 if self._current_flight(entry) is None and now >= entry.retry_at:
                     ahead = self._launch(entry, background=True)
@@ -488,8 +488,9 @@ class TokenCache:
     async def _run_flight(self, entry: _Entry, flight: _Flight) -> None:
         """Run one refresh to its end and publish the outcome on ``flight``.
 
-        Never raises an ordinary exception, so a failure cannot tear down the cache's task
-        group; cancellation propagates after the flight is marked abandoned.
+        Every exception the source raises is caught and handed to the waiters, so a failing
+        source cannot tear down the cache's task group. Cancellation propagates after the
+        flight is marked abandoned.
         """
         key = entry.key
         started = self._clock.monotonic()

@@ -309,9 +309,9 @@ class TokenAuth(httpx.Auth):
                 self._clean_next_request(request, response, attached=True)
                 return
 
-            # httpx reads the rejected response only after the flow hands it the next
-            # request; reading it first returns its connection to the pool, so other
-            # requests need not wait behind this one while the new token is fetched.
+            # httpx reads the rejected response only after the flow returns the next
+            # request. Reading it now returns its connection to the pool, so other
+            # requests do not wait behind this one while the new token is fetched.
             await response.aread()
             new_token = await self._cache.get(self._key)
             if new_token is token or new_token.value == token.value:

@@ -144,7 +144,7 @@ def parse_token_response(
         by ``***`` wherever the server's error description quotes them.
     :param now: the current Unix time, to convert a ``Retry-After`` date when the response
         has no ``Date`` header.
-    :raises TransientRefreshError: for an answer that may change on a later attempt.
+    :raises TransientRefreshError: for a response that may change on a later attempt.
     :raises PermanentRefreshError: for a rejection that only new credentials or settings
         can fix (:class:`ReauthenticationRequired` when the grant itself is gone).
     :raises RefreshError: for a successful status with a body that is not a usable token
@@ -407,7 +407,7 @@ def _raise_error_response(
     what = f"the {grant_type} request" if grant_type else "the token request"
     summary = f"token endpoint{where} rejected {what}: {cause}"
     if body_note is not None:
-        # Proxies and gateways send HTML error pages; the message says what came back.
+        # Proxies and gateways send HTML error pages, so the message names what came back.
         summary += f" with {body_note.split(';', 1)[0]}"
 
     if _is_transient(status_code, code):

@@ -71,7 +71,7 @@ _RETRY_BACKOFF = Backoff(initial=1.0, multiplier=2.0, maximum=60.0, jitter=0.5)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a signer retries an attempt whose response has a retryable status.
+    """Retry settings of a signer, for an attempt whose response has a retryable status.
 
     A retry waits ``max(backoff delay, Retry-After)`` on the signer's clock and is then
     signed afresh. Rotating to another key of a :class:`~tokenflight.KeyPool` is not a

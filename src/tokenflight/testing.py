@@ -1,7 +1,7 @@
 """Helpers for testing code that uses tokenflight, on asyncio and trio alike.
 
 :class:`FakeClock` replaces the real clock in a :class:`~tokenflight.TokenCache` (and in
-token sources and signers that take a ``clock``). Time moves only when a test says so,
+token sources and signers that take a ``clock``). Time moves only when a test advances it,
 with :meth:`FakeClock.advance`, or by itself inside :meth:`FakeClock.autojump` whenever
 every task is blocked, so tests of expiry and backoff run instantly and deterministically.
 """
@@ -113,7 +113,7 @@ def _all_others_blocked(this_task: object, rank: tuple[bool, int]) -> bool:
 
 
 class FakeClock:
-    """A clock whose time moves only when told to.
+    """A clock whose time moves only when a test advances it.
 
     ``monotonic()`` starts at ``start`` and ``time()`` at ``wall_start``; both advance
     together, and :meth:`jump_wall` moves the wall clock alone, as an NTP step or a
@@ -178,7 +178,7 @@ class FakeClock:
 
     @property
     def next_deadline(self) -> float:
-        """Monotonic time of the earliest sleeper, or ``inf`` when nobody sleeps."""
+        """Monotonic time of the earliest sleeper, or ``inf`` when no task sleeps."""
         return self._sleepers[0][0] if self._sleepers else math.inf
 
     @asynccontextmanager
